@@ -150,8 +150,8 @@ type LoginReply struct {
 	User     string    `json:"user"`
 	Token    string    `json:"token"`
 	Expires  time.Time `json:"expires"`
-	Channels []string  `json:"channels"`     // the channels the user is a member of
-	Mailbox  uint64    `json:"mailbox_seq"`  // last sequence number of the user's direct messages
+	Channels []string  `json:"channels"`      // the channels the user is a member of
+	Mailbox  uint64    `json:"mailbox_seq"`   // last sequence number of the user's direct messages
 	Topic    string    `json:"mailbox_topic"` // where the user's direct messages are published
 }
 
