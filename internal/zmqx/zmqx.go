@@ -5,23 +5,31 @@ package zmqx
 
 import (
 	"context"
+	"errors"
 	"log"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 )
 
+// SendTimeout bounds a Send on a dialing socket. zmq4's Send blocks until the
+// socket has a connection (5 minutes by default): a role must never hang on a
+// peer that is down, so the send fails instead and the caller's own timeout
+// and retry logic takes over.
+const SendTimeout = 250 * time.Millisecond
+
 // Dialer returns the options of a socket that dials and must keep dialing:
-// automatic reconnect with unlimited retries. Never use them on a socket that
-// listens: zmq4 would try to dial its own listen address when a peer leaves.
+// automatic reconnect with unlimited retries, and sends bounded by
+// SendTimeout. Never use them on a socket that listens: zmq4 would try to
+// dial its own listen address when a peer leaves.
 func Dialer(logger *slog.Logger) []zmq4.Option {
 	return []zmq4.Option{
 		zmq4.WithAutomaticReconnect(true),
 		zmq4.WithDialerMaxRetries(-1),
 		zmq4.WithDialerRetry(100 * time.Millisecond),
+		zmq4.WithTimeout(SendTimeout),
 		zmq4.WithLogger(StdLogger(logger)),
 	}
 }
@@ -83,9 +91,12 @@ func NewInbox(ctx context.Context, sock zmq4.Socket, buffer int) *Inbox {
 // Wait blocks until the reader goroutine has returned.
 func (in *Inbox) Wait() { <-in.done }
 
+// isClosed reports whether Recv failed because the socket itself was closed
+// (zmq4 cancels the socket's context), as opposed to one connection failing
+// (io.EOF, a reset, "use of closed network connection"), which must not stop
+// the reader of a socket that still has other peers.
 func isClosed(err error) bool {
-	s := err.Error()
-	return strings.Contains(s, "context canceled") || strings.Contains(s, "closed")
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // Group runs goroutines and waits for all of them: the one owner of every
