@@ -150,7 +150,23 @@ type Broker struct {
 	toFront    chan zmq4.Msg
 	toBack     chan zmq4.Msg
 	dropped    int // replies dropped on a full frontend queue since the last tick
+	// inflight holds, per client, the last request forwarded to a leader
+	// and not answered yet, if it is idempotent (it carries "client" and
+	// "req"). When the leader changes, these go to the new one at once: the
+	// client need not wait out its timeout, and the servers' dedupe table
+	// makes a request that the old leader had committed answer, not apply,
+	// again.
+	inflight map[string]inflight
 }
+
+type inflight struct {
+	body   []byte
+	leader *server
+	sent   time.Time
+}
+
+// inflightTTL is how long an unanswered request is remembered for re-sending.
+const inflightTTL = 30 * time.Second
 
 type server struct {
 	identity []byte
@@ -184,6 +200,7 @@ func Listen(ctx context.Context, cfg Config) (*Broker, error) {
 		back:       zmq4.NewRouter(sctx, zmqx.Listener(cfg.Logger)...),
 		served:     make(chan struct{}),
 		servers:    make(map[string]*server),
+		inflight:   make(map[string]inflight),
 		leaderless: time.Now(),
 	}
 	if err := zmqx.Bind(b.front, cfg.Frontend); err != nil {
@@ -367,6 +384,9 @@ func (b *Broker) onRequest(msg zmq4.Msg, now time.Time) {
 func (b *Broker) forward(l *server, client, body []byte) {
 	select {
 	case b.toBack <- zmq4.NewMsgFrom(l.identity, client, nil, body):
+		if idempotent(body) && (len(b.inflight) < b.cfg.MaxPending || b.inflight[string(client)].body != nil) {
+			b.inflight[string(client)] = inflight{body: body, leader: l, sent: time.Now()}
+		}
 	default:
 		b.log.Debug("backend send queue full", "leader", l.id)
 		b.reply(client, unavailable(body))
@@ -394,6 +414,9 @@ func (b *Broker) onServer(msg zmq4.Msg, now time.Time) {
 	case len(f) == 2:
 		b.onControl(f[0], f[1], now)
 	case len(f) >= 4 && len(f[1]) > 0 && len(f[2]) == 0:
+		if in, ok := b.inflight[string(f[1])]; ok && in.leader != nil && string(in.leader.identity) == string(f[0]) {
+			delete(b.inflight, string(f[1]))
+		}
 		b.sendFront(zmq4.NewMsgFrom(f[1:]...))
 	default:
 		b.log.Debug("dropped a server message of unknown shape", "frames", len(f))
@@ -436,6 +459,11 @@ func (b *Broker) onTick(now time.Time) {
 		b.reply(p.client, unavailable(p.body))
 	}
 	b.compact()
+	for client, in := range b.inflight {
+		if now.Sub(in.sent) > inflightTTL {
+			delete(b.inflight, client)
+		}
+	}
 	if b.dropped > 0 {
 		b.log.Warn("dropped replies: frontend send queue full", "count", b.dropped)
 		b.dropped = 0
@@ -521,6 +549,37 @@ func (b *Broker) elect(now time.Time) {
 	b.floor = max(b.floor, best.epoch)
 	b.log.Info("leader elected", "id", best.id, "epoch", best.epoch)
 	b.flush(best)
+	b.resend(best, now)
+}
+
+// resend forwards to the new leader l the requests still unanswered by a
+// previous one.
+func (b *Broker) resend(l *server, now time.Time) {
+	n := 0
+	for client, in := range b.inflight {
+		if in.leader == l {
+			continue
+		}
+		if now.Sub(in.sent) > inflightTTL {
+			delete(b.inflight, client)
+			continue
+		}
+		b.forward(l, []byte(client), in.body)
+		n++
+	}
+	if n > 0 {
+		b.log.Info("re-sent unanswered requests to the new leader", "count", n, "id", l.id)
+	}
+}
+
+// idempotent reports whether a request carries a client id and a request
+// number, so that the servers apply it at most once however often it is sent.
+func idempotent(body []byte) bool {
+	var env struct {
+		Client string `json:"client"`
+		Req    uint64 `json:"req"`
+	}
+	return json.Unmarshal(body, &env) == nil && env.Client != "" && env.Req != 0
 }
 
 // better reports whether s should lead rather than t: a higher epoch wins;

@@ -359,3 +359,34 @@ func TestMalformedMessages(t *testing.T) {
 		t.Errorf("leader epoch %d after a bogus control message, want 1", epoch)
 	}
 }
+
+// A request the leader took but never answered (it died, or was paused) goes
+// to the next leader as soon as that one is elected, if it is idempotent
+// (client id and request number): the client does not wait out its timeout.
+// One without them is not re-sent: a retry of it could apply it twice.
+func TestUnansweredRequestsGoToTheNewLeader(t *testing.T) {
+	b := startBroker(t, broker.Config{HeartbeatTimeout: hb, Wait: 10 * time.Second})
+	front, back := b.Addr()
+	c := newClient(t, front)
+	s1 := newFakeServer(t, back, 1, wire.RoleLeader, 1)
+	s1.handle = func([]byte) []byte { return nil } // takes requests, never answers
+	waitLeader(t, b, 1, 1)
+
+	c.send(nil, wire.Encode(wire.Request{Service: wire.Post, Client: "c1", Req: 7}))
+	bare := newClient(t, front)
+	bare.send(nil, wire.Encode(wire.Request{Service: wire.Post, Req: 1}))
+	waitFor(t, 5*time.Second, "the leader has both requests", func() bool { return s1.count() == 2 })
+
+	s2 := newFakeServer(t, back, 2, wire.RoleLeader, 2)
+	waitLeader(t, b, 2, 2)
+	rep := c.recv(5 * time.Second)
+	if !rep.OK || rep.Server != 2 || rep.Req != 7 {
+		t.Fatalf("reply %+v: want ok from server 2 to req 7", rep)
+	}
+	if rep, ok := bare.tryRecv(300 * time.Millisecond); ok {
+		t.Fatalf("a request without client id was re-sent: %+v", rep)
+	}
+	if n := s2.count(); n != 1 {
+		t.Fatalf("new leader got %d requests, want 1", n)
+	}
+}

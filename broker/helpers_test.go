@@ -191,7 +191,9 @@ func (s *fakeServer) serve() {
 		s.mu.Unlock()
 		var reply []byte
 		if s.handle != nil {
-			reply = s.handle(f[2])
+			if reply = s.handle(f[2]); reply == nil {
+				continue // no answer
+			}
 		} else {
 			req, werr := wire.DecodeRequest(f[2])
 			var rep *wire.Reply

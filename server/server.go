@@ -313,13 +313,19 @@ func (s *Server) Serve(ctx context.Context) error {
 		ident := zmq4.SocketIdentity(fmt.Sprintf("server-%d-%x", s.cfg.ID, time.Now().UnixNano()))
 		return zmq4.NewDealer(ctx, append(zmqx.Dialer(s.log), zmq4.WithID(ident))...)
 	})
-	// One PUB for the life of the process: each closed PUB leaks a goroutine
-	// in zmq4 (the Link replaces it only if it wedges).
+	// The PUB dials without zmq4's automatic reconnect, which can deadlock a
+	// PUB when the pubsub restarts (its writer and its reaper take two locks
+	// in opposite orders). A connected PUB knows the pubsub's subscription
+	// to everything; when that is gone, the link replaces the socket.
 	s.pub = zmqx.NewLink(s.ctx, s.cfg.PubSub, 4096, s.log, func(ctx context.Context) zmq4.Socket {
-		pub := zmq4.NewPub(ctx, zmqx.Dialer(s.log)...)
+		pub := zmq4.NewPub(ctx, zmqx.Once(s.log)...)
 		_ = pub.SetOption(zmq4.OptionHWM, 10000)
 		return pub
 	})
+	s.pub.Healthy = func(sock zmq4.Socket) bool {
+		t, ok := sock.(interface{ Topics() []string })
+		return !ok || len(t.Topics()) > 0
+	}
 	s.peers.start(s.ctx, s.cfg.Peers)
 	for range 2 {
 		s.group.Go(s.worker)

@@ -36,6 +36,11 @@ type Link struct {
 	sendq chan zmq4.Msg
 	busy  atomic.Int64 // unix nanos when the current send started, 0 when idle
 
+	// Healthy, if set, is asked by the watchdog about the current socket;
+	// after StuckAfter of false answers the socket is replaced. Set it
+	// before the link is used.
+	Healthy func(zmq4.Socket) bool
+
 	mu     sync.Mutex
 	cur    *generation
 	closed bool
@@ -144,6 +149,10 @@ func (l *Link) sender() {
 func (l *Link) watchdog() {
 	t := time.NewTicker(StuckAfter / 4)
 	defer t.Stop()
+	var (
+		sick  time.Time   // since when Healthy has said false
+		wasUp zmq4.Socket // the socket Healthy last said true of
+	)
 	for {
 		select {
 		case <-l.ctx.Done():
@@ -152,6 +161,26 @@ func (l *Link) watchdog() {
 			if b := l.busy.Load(); b != 0 && time.Since(time.Unix(0, b)) > StuckAfter {
 				l.log.Warn("socket stuck sending: replacing it", "endpoint", l.endpoint)
 				l.Reset()
+				sick = time.Time{}
+				continue
+			}
+			if l.Healthy == nil {
+				continue
+			}
+			l.mu.Lock()
+			sock := l.cur.sock
+			l.mu.Unlock()
+			switch {
+			case l.Healthy(sock):
+				sick, wasUp = time.Time{}, sock
+			case wasUp != sock:
+				// Still dialing for the first time: its Dial retries.
+			case sick.IsZero():
+				sick = time.Now()
+			case time.Since(sick) > StuckAfter:
+				l.log.Warn("connection lost: redialing with a new socket", "endpoint", l.endpoint)
+				l.Reset()
+				sick = time.Time{}
 			}
 		}
 	}

@@ -34,6 +34,18 @@ func Dialer(logger *slog.Logger) []zmq4.Option {
 	}
 }
 
+// Once returns the options of a socket that dials until it connects (the
+// Dial blocks meanwhile: run it on its own goroutine) but does not reconnect
+// by itself: its owner replaces it when the connection is lost (see Link).
+func Once(logger *slog.Logger) []zmq4.Option {
+	return []zmq4.Option{
+		zmq4.WithDialerMaxRetries(-1),
+		zmq4.WithDialerRetry(100 * time.Millisecond),
+		zmq4.WithTimeout(SendTimeout),
+		zmq4.WithLogger(StdLogger(logger)),
+	}
+}
+
 // Listener returns the options of a socket that listens.
 func Listener(logger *slog.Logger) []zmq4.Option {
 	return []zmq4.Option{zmq4.WithLogger(StdLogger(logger))}
