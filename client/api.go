@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 
 	"chat/wire"
@@ -38,8 +39,13 @@ func (c *Client) Login(ctx context.Context, user, password string) (*wire.LoginR
 		c.removeStream(mailbox)
 		mailbox, _ = c.addStream(r.Topic, "")
 	}
+	key, err := base64.StdEncoding.DecodeString(r.Key)
+	if err != nil {
+		c.log.Warn("login reply has an unreadable mailbox key: direct messages will come from history only", "err", err)
+	}
 	c.mu.Lock()
 	c.user, c.token = r.User, r.Token
+	c.mailboxTopic, c.mailboxKey = mailbox.topic, key
 	c.mu.Unlock()
 	c.initStream(mailbox, r.Mailbox)
 
@@ -188,7 +194,7 @@ func (c *Client) DM(ctx context.Context, to, text string) (wire.Message, error) 
 	m := r.Message
 	c.mu.Lock()
 	if c.user != "" {
-		if st := c.streams[wire.DMTopic(c.user)]; st != nil && st.known && m.Seq == st.last+1 {
+		if st := c.streams[c.mailboxTopic]; st != nil && st.known && m.Seq == st.last+1 {
 			c.offerLocked(st, m, c.epoch, false)
 		}
 	}

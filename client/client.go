@@ -182,13 +182,17 @@ type Client struct {
 	dealer   *dealer
 	dealers  int
 
-	mu      sync.Mutex
-	user    string
-	token   string
-	epoch   uint64
-	streams map[string]*stream // by topic
-	pending []Event
-	queued  int // events appended and not yet read from Events()
+	mu    sync.Mutex
+	user  string
+	token string
+	// The user's mailbox: where its direct messages are published, sealed
+	// with this key (see wire.Publication).
+	mailboxTopic string
+	mailboxKey   []byte
+	epoch        uint64
+	streams      map[string]*stream // by topic
+	pending      []Event
+	queued       int // events appended and not yet read from Events()
 
 	subMu sync.Mutex
 	sub   zmq4.Socket

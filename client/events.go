@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"chat/internal/mailbox"
 	"chat/wire"
 )
 
@@ -269,6 +270,25 @@ func (c *Client) dispatch() {
 			c.log.Warn("dropped a publication", "topic", topic, "err", err)
 			continue
 		}
+		c.mu.Lock()
+		if pub.Sealed != "" {
+			plain, err := mailbox.Open(c.mailboxKey, pub.Sealed)
+			if err == nil {
+				err = json.Unmarshal(plain, &pub.Message)
+			}
+			if err != nil {
+				// Sealed for another key (the servers' secret was rotated
+				// since login): history has it, so fetch.
+				if st := c.streams[topic]; st != nil {
+					st.dirty = true
+				}
+				c.mu.Unlock()
+				c.log.Info("could not open a direct message: fetching from history", "err", err)
+				c.wake()
+				continue
+			}
+		}
+		c.mu.Unlock()
 		if pub.Lamport > 0 {
 			c.lamport.Witness(pub.Lamport)
 		}

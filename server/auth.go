@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
@@ -89,19 +90,38 @@ type Claims struct {
 	IssuedMS int64 `json:"iat_ms"`
 }
 
-// Tokens issues and checks session tokens.
+// Tokens issues and checks session tokens. It holds one or more keys: the
+// first signs, every one verifies (picked by the token's "kid"), so the key
+// can be rotated without logging anyone out: put the new key first, keep the
+// old one until the tokens it signed have expired, then drop it.
 type Tokens struct {
-	key []byte
-	ttl time.Duration
+	keys []tokenKey
+	ttl  time.Duration
 }
 
-// NewTokens returns a token issuer/checker with key (at least 32 bytes).
-func NewTokens(key []byte, ttl time.Duration) (*Tokens, error) {
-	if len(key) < 32 {
-		return nil, fmt.Errorf("jwt key is %d bytes: use at least 32 (e.g. CHAT_JWT_SECRET=$(openssl rand -hex 32))", len(key))
-	}
-	return &Tokens{key: key, ttl: ttl}, nil
+type tokenKey struct {
+	id  string // "kid": a short hash of the key, never the key
+	key []byte
 }
+
+// NewTokens returns a token issuer/checker. Each key must be at least 32 bytes.
+func NewTokens(keys [][]byte, ttl time.Duration) (*Tokens, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("no jwt key: set CHAT_JWT_SECRET or let the server create a key file")
+	}
+	t := &Tokens{ttl: ttl}
+	for i, k := range keys {
+		if len(k) < 32 {
+			return nil, fmt.Errorf("jwt key %d of %d is %d bytes: use at least 32 (e.g. CHAT_JWT_SECRET=$(openssl rand -hex 32))", i+1, len(keys), len(k))
+		}
+		sum := sha256.Sum256(k)
+		t.keys = append(t.keys, tokenKey{id: hex.EncodeToString(sum[:6]), key: k})
+	}
+	return t, nil
+}
+
+// Primary returns the signing key (also the root of the mailbox keys).
+func (t *Tokens) Primary() []byte { return t.keys[0].key }
 
 // Issue returns a token for user, valid from now for the TTL.
 func (t *Tokens) Issue(user string, now time.Time) (string, time.Time, error) {
@@ -118,15 +138,28 @@ func (t *Tokens) Issue(user string, now time.Time) (string, time.Time, error) {
 		ExpiresAt: jwt.NewNumericDate(exp),
 		ID:        hex.EncodeToString(id),
 	}, now.UnixMilli()}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(t.key)
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
+	tok.Header["kid"] = t.keys[0].id
+	s, err := tok.SignedString(t.keys[0].key)
 	return s, exp, err
 }
+
+// errUnknownKey means a token names a key this server does not have.
+var errUnknownKey = errors.New("token signed with an unknown key")
 
 // Check validates a token and returns its user and issue time. Only HS256 is
 // accepted (never "none"), the expiry is required, the issuer must match.
 func (t *Tokens) Check(token string, now time.Time) (user string, issued time.Time, err error) {
 	var c Claims
-	_, err = jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return t.key, nil },
+	_, err = jwt.ParseWithClaims(token, &c, func(tok *jwt.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		for _, k := range t.keys {
+			if k.id == kid {
+				return k.key, nil
+			}
+		}
+		return nil, errUnknownKey
+	},
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuer(tokenIssuer),
@@ -146,12 +179,27 @@ func (t *Tokens) Check(token string, now time.Time) (user string, issued time.Ti
 	return c.Subject, issued, nil
 }
 
-// LoadKey returns the JWT key: secret if set (CHAT_JWT_SECRET), else the key
+// LoadKeys returns the JWT keys: from secret if set (CHAT_JWT_SECRET: one
+// key, or several separated by commas, the signing key first), else the key
 // file in dir, created with a random key by whichever server starts first.
-func LoadKey(secret, dir string) ([]byte, error) {
+func LoadKeys(secret, dir string) ([][]byte, error) {
 	if secret != "" {
-		return []byte(secret), nil
+		var keys [][]byte
+		for k := range strings.SplitSeq(secret, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				keys = append(keys, []byte(k))
+			}
+		}
+		return keys, nil
 	}
+	key, err := loadKeyFile(dir)
+	if err != nil {
+		return nil, err
+	}
+	return [][]byte{key}, nil
+}
+
+func loadKeyFile(dir string) ([]byte, error) {
 	path := filepath.Join(dir, "jwt.key")
 	if b, err := os.ReadFile(path); err == nil {
 		return decodeKey(path, b)

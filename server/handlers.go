@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"slices"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"github.com/golang-jwt/jwt/v5"
 
+	"chat/internal/mailbox"
 	"chat/store"
 	"chat/wire"
 )
@@ -131,6 +133,13 @@ func (s *Server) authed(ident []byte, req *wire.Request, user string) {
 		if err != nil {
 			s.reply(ident, wire.ErrorReply(req, err))
 			return
+		}
+		if !s.isRetry(req) && req.Service != wire.Logout {
+			if ok, wait := s.changes.allow(user, time.Now()); !ok {
+				s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeRateLimited,
+					"%s is sending too fast: wait %s", user, waitText(wait))))
+				return
+			}
 		}
 		s.write(ident, req, cmd, nil)
 	}
@@ -322,6 +331,10 @@ func (s *Server) register(ident []byte, req *wire.Request) {
 		s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeExists, "user name %q is taken", d.User)))
 		return
 	}
+	if ok, wait := s.signups.allow(clientKey(ident, req), time.Now()); !ok {
+		s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeRateLimited, "too many registrations from this client: wait %s", waitText(wait))))
+		return
+	}
 	s.offload(ident, req, func() func() {
 		hash, err := HashPassword(d.Password)
 		return func() {
@@ -350,6 +363,13 @@ func (s *Server) login(ident []byte, req *wire.Request) {
 		s.reply(ident, wire.ErrorReply(req, err))
 		return
 	}
+	userKey, fromKey := "user:"+d.User, "client:"+clientKey(ident, req)
+	now := time.Now()
+	if wait := max(s.logins.wait(userKey, now), s.logins.wait(fromKey, now)); wait > 0 {
+		s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeRateLimited,
+			"too many failed logins: wait %s before trying again", waitText(wait))))
+		return
+	}
 	hash, _, exists := s.m.UserAuth(d.User)
 	if !exists {
 		hash = dummyHash
@@ -361,9 +381,13 @@ func (s *Server) login(ident []byte, req *wire.Request) {
 				s.log.Error("check password", "user", d.User, "err", err)
 			}
 			if !ok || !exists {
+				s.logins.fail(userKey, time.Now())
+				s.logins.fail(fromKey, time.Now())
 				s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeBadCredentials, "wrong user name or password")))
 				return
 			}
+			s.logins.succeed(userKey)
+			s.logins.succeed(fromKey)
 			token, exp, err := s.tokens.Issue(d.User, s.clock.Now())
 			if err != nil {
 				s.log.Error("issue token", "err", err)
@@ -371,9 +395,11 @@ func (s *Server) login(ident []byte, req *wire.Request) {
 				return
 			}
 			s.presence[d.User] = time.Now()
+			key := mailbox.Key(s.tokens.Primary(), d.User)
 			s.reply(ident, wire.OKReply(req, wire.LoginReply{
 				User: d.User, Token: token, Expires: exp,
-				Channels: s.m.Memberships(d.User), Mailbox: s.m.MailboxSeq(d.User), Topic: wire.DMTopic(d.User),
+				Channels: s.m.Memberships(d.User), Mailbox: s.m.MailboxSeq(d.User),
+				Topic: mailbox.Topic(key), Key: base64.StdEncoding.EncodeToString(key),
 			}))
 		}
 	})
@@ -386,6 +412,25 @@ func (s *Server) offload(ident []byte, req *wire.Request, slow func() func()) {
 	default:
 		s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeRateLimited, "the server is busy checking passwords; retry in a moment")))
 	}
+}
+
+// isRetry reports whether req is a retry of a request already answered (a
+// retry costs nothing against rate limits: it is answered from memory).
+func (s *Server) isRetry(req *wire.Request) bool {
+	if req.Client == "" {
+		return false
+	}
+	_, found, _ := s.m.Answered(req.Client, req.Req)
+	return found
+}
+
+// clientKey names the client a request comes from, for rate limits: its
+// client id, or else its connection.
+func clientKey(ident []byte, req *wire.Request) string {
+	if req.Client != "" {
+		return req.Client
+	}
+	return string(ident)
 }
 
 func validCredentials(d wire.Credentials) *wire.Error {

@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ import (
 
 	"chat/clock"
 	"chat/election"
+	"chat/internal/mailbox"
 	"chat/internal/zmqx"
 	"chat/store"
 	"chat/store/filelog"
@@ -46,6 +48,8 @@ type Config struct {
 	ClockSkew     time.Duration // start the software clock off by this much (demos, tests)
 	SnapshotEvery uint64        // followers snapshot every this many entries (100000)
 	OnlineFor     time.Duration // a user is online this long after its last request (30s)
+	PostRate      float64       // changes (posts, DMs, creates, joins, leaves) per second per user (20)
+	PostBurst     int           // changes a user may make at once above the rate (50)
 	Election      election.Config
 
 	Logger *slog.Logger
@@ -77,6 +81,12 @@ func (c *Config) defaults() {
 	}
 	if c.OnlineFor == 0 {
 		c.OnlineFor = 30 * time.Second
+	}
+	if c.PostRate == 0 {
+		c.PostRate = 20
+	}
+	if c.PostBurst == 0 {
+		c.PostBurst = 50
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -132,6 +142,10 @@ type Server struct {
 	batch    []*pendingWrite // accepted writes not yet appended
 	barrier  [2]uint64       // the last barrier read: leader id, epoch
 	presence map[string]time.Time
+	changes  *limiter  // per user
+	signups  *limiter  // registrations per client
+	logins   *failures // failed logins per user and per client
+	pruned   time.Time
 	results  chan func() // work finished elsewhere, to run on the core goroutine
 	jobs     chan func() // slow work (password hashing) for the workers
 
@@ -159,11 +173,11 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.Dir, err)
 	}
-	key, err := LoadKey(cfg.Secret, cfg.Dir)
+	keys, err := LoadKeys(cfg.Secret, cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := NewTokens(key, cfg.TokenTTL)
+	tokens, err := NewTokens(keys, cfg.TokenTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +191,9 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		lg: lg, tokens: tokens,
 		clock:    clock.NewSoftware(cfg.ClockSkew, nil),
 		presence: map[string]time.Time{},
+		changes:  newLimiter(cfg.PostRate, cfg.PostBurst),
+		signups:  newLimiter(1, 10),
+		logins:   newFailures(),
 		results:  make(chan func(), 256),
 		jobs:     make(chan func(), 64),
 	}
@@ -291,16 +308,52 @@ func (s *Server) applyEntry(e store.Entry) {
 	p := s.pending[0]
 	s.pending = s.pending[1:]
 	for _, ev := range res.Events {
-		ev.Pub.Epoch = ep
-		if !s.pub.Send(zmq4.NewMsgFrom([]byte(ev.Topic), wire.Encode(ev.Pub))) {
-			s.log.Warn("publish queue full: publication dropped (subscribers recover it from history)", "topic", ev.Topic)
-		}
+		s.publish(ev, ep)
 	}
 	if p.done != nil {
 		p.done(res)
 		return
 	}
 	s.replyResult(p.ident, p.req, res, cmd.Lamport)
+}
+
+// publish sends one publication; a direct message goes sealed for the user
+// whose mailbox it is published to, under that mailbox's secret topic.
+func (s *Server) publish(ev store.Event, epoch uint64) {
+	ev.Pub.Epoch = epoch
+	topic, payload := ev.Topic, []byte(nil)
+	if owner, ok := dmOwner(ev.Topic); ok {
+		key := mailbox.Key(s.tokens.Primary(), owner)
+		sealed, err := mailbox.Seal(key, wire.Encode(ev.Pub.Message))
+		if err != nil {
+			s.log.Error("seal direct message", "err", err)
+			return
+		}
+		topic = mailbox.Topic(key)
+		payload = wire.Encode(sealedPublication{Type: ev.Pub.Type, Epoch: epoch, Sealed: sealed})
+	} else {
+		payload = wire.Encode(ev.Pub)
+	}
+	if !s.pub.Send(zmq4.NewMsgFrom([]byte(topic), payload)) {
+		s.log.Warn("publish queue full: publication dropped (subscribers recover it from history)", "topic", topic)
+	}
+}
+
+// sealedPublication is a direct message as published: nothing readable but
+// its type and epoch.
+type sealedPublication struct {
+	Type   string `json:"type"`
+	Epoch  uint64 `json:"epoch"`
+	Sealed string `json:"sealed"`
+}
+
+// dmOwner returns the user of a direct-message topic as the store names it.
+func dmOwner(topic string) (string, bool) {
+	rest, ok := strings.CutPrefix(topic, "dm/")
+	if !ok {
+		return "", false
+	}
+	return strings.CutSuffix(rest, "/")
 }
 
 func (s *Server) lastBarrier() (int, uint64) {
@@ -383,6 +436,12 @@ func (s *Server) core(ctx context.Context, in <-chan zmq4.Msg) error {
 		case <-hb.C:
 			s.heartbeat()
 			s.checkFence()
+			if now := time.Now(); now.Sub(s.pruned) > 10*time.Second {
+				s.pruned = now
+				s.changes.prune(now)
+				s.signups.prune(now)
+				s.logins.prune(now)
+			}
 		case <-tail.C:
 			if s.epoch.Load() == 0 {
 				if _, err := s.catchUp(); err != nil {

@@ -150,9 +150,10 @@ type LoginReply struct {
 	User     string    `json:"user"`
 	Token    string    `json:"token"`
 	Expires  time.Time `json:"expires"`
-	Channels []string  `json:"channels"`      // the channels the user is a member of
-	Mailbox  uint64    `json:"mailbox_seq"`   // last sequence number of the user's direct messages
-	Topic    string    `json:"mailbox_topic"` // where the user's direct messages are published
+	Channels []string  `json:"channels"`              // the channels the user is a member of
+	Mailbox  uint64    `json:"mailbox_seq"`           // last sequence number of the user's direct messages
+	Topic    string    `json:"mailbox_topic"`         // where the user's direct messages are published
+	Key      string    `json:"mailbox_key,omitempty"` // base64 key that opens them (see Publication.Sealed)
 }
 
 // NameRequest is the data of join and leave.
@@ -278,10 +279,15 @@ const (
 )
 
 // Publication is the payload published under a topic: a channel message or a
-// direct message, with the epoch of the leader that committed it.
+// direct message, with the epoch of the leader that committed it. A direct
+// message travels sealed: its Message fields are empty and Sealed holds the
+// message's JSON encrypted with the mailbox key of the user whose mailbox
+// topic it is published under (XChaCha20-Poly1305: base64 of a 24-byte nonce
+// followed by the ciphertext).
 type Publication struct {
-	Type  string `json:"type"`
-	Epoch uint64 `json:"epoch"`
+	Type   string `json:"type"`
+	Epoch  uint64 `json:"epoch"`
+	Sealed string `json:"sealed,omitempty"`
 	Message
 }
 

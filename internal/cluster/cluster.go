@@ -7,6 +7,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -47,6 +48,7 @@ type running struct {
 type Options struct {
 	Servers int
 	Tune    func(*server.Config) // adjusts each server's config
+	Log     io.Writer            // where every role logs (default: stderr, warnings only unless -v)
 }
 
 // Start runs a cluster and stops it when the test ends.
@@ -58,6 +60,9 @@ func Start(t testing.TB, opt Options) *Cluster {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	if opt.Log != nil {
+		log = slog.New(slog.NewTextHandler(opt.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b, err := broker.Listen(ctx, broker.Config{Frontend: "tcp://127.0.0.1:0", Backend: "tcp://127.0.0.1:0", Logger: log.With("role", "broker")})
