@@ -89,6 +89,19 @@ func (r *Reader) Next() (store.Entry, error) {
 		if !found {
 			return store.Entry{}, io.EOF
 		}
+		if v == recIncomplete {
+			// The record here may have been in the middle of being written
+			// when it was judged, and finished since, together with the one
+			// found after it (a writer writes in order). Look again, from
+			// the file: only a record still incomplete now that a later one
+			// is complete is torn.
+			r.buf, r.bufOff = r.buf[:0], r.off
+			if _, _, again, err := r.judge(r.off); err != nil {
+				return store.Entry{}, r.wrap(err)
+			} else if again == recValid {
+				continue
+			}
+		}
 		r.logger.Warn("skipped a torn or corrupt region of the log", "from", r.off, "to", q, "bytes", q-r.off)
 		r.off = q
 	}
