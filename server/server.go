@@ -46,6 +46,7 @@ type Config struct {
 	TokenTTL      time.Duration // session lifetime (24h)
 	Heartbeat     time.Duration // to the broker (100ms)
 	ClockSkew     time.Duration // start the software clock off by this much (demos, tests)
+	ClockSync     time.Duration // how often the leader synchronizes the servers' clocks (2s); negative: never
 	SnapshotEvery uint64        // followers snapshot every this many entries (100000)
 	OnlineFor     time.Duration // a user is online this long after its last request (30s)
 	PostRate      float64       // changes (posts, DMs, creates, joins, leaves) per second per user (20)
@@ -81,6 +82,9 @@ func (c *Config) defaults() {
 	}
 	if c.OnlineFor == 0 {
 		c.OnlineFor = 30 * time.Second
+	}
+	if c.ClockSync == 0 {
+		c.ClockSync = 2 * time.Second
 	}
 	if c.PostRate == 0 {
 		c.PostRate = 20
@@ -383,6 +387,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for range 2 {
 		s.group.Go(s.worker)
 	}
+	s.group.Go(s.clockSync)
 	s.group.Go(func() {
 		if err := s.elector.Run(s.ctx); err != nil {
 			s.log.Error("election", "err", err)
