@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,6 +46,7 @@ func upCommand() *cli.Command {
 type child struct {
 	name string
 	args []string
+	env  []string // added to this process's environment
 }
 
 func up(ctx context.Context, log *slog.Logger, c *cli.Context) error {
@@ -56,13 +59,23 @@ func up(ctx context.Context, log *slog.Logger, c *cli.Context) error {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
 	global := []string{"--log-level", c.String("log-level"), "--log-format", c.String("log-format")}
+	// The roles authenticate each other with a secret of this run, unless
+	// one is given (then they read it as they would alone).
+	var cluster []string
+	if os.Getenv("CHAT_CLUSTER_SECRET") == "" && os.Getenv("CHAT_CLUSTER_SECRET_FILE") == "" {
+		secret := make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return fmt.Errorf("make a cluster secret: %w", err)
+		}
+		cluster = []string{"CHAT_CLUSTER_SECRET=" + hex.EncodeToString(secret)}
+	}
 	children := []*child{
-		{name: "pubsub", args: []string{"pubsub"}},
-		{name: "broker", args: []string{"broker"}},
+		{name: "pubsub", args: []string{"pubsub"}, env: cluster},
+		{name: "broker", args: []string{"broker"}, env: cluster},
 	}
 	for id := 3; id >= 1; id-- {
 		children = append(children, &child{name: fmt.Sprintf("server-%d", id),
-			args: []string{"server", "--id", strconv.Itoa(id), "--data", filepath.Join(dir, "data")}})
+			args: []string{"server", "--id", strconv.Itoa(id), "--data", filepath.Join(dir, "data")}, env: cluster})
 	}
 	for i := 1; i <= c.Int("bots"); i++ {
 		children = append(children, &child{name: fmt.Sprintf("bot-%d", i),
@@ -134,6 +147,9 @@ func supervise(ctx context.Context, log *slog.Logger, exe, dir string, ch *child
 	announced := false
 	for ctx.Err() == nil {
 		cmd := exec.Command(exe, ch.args...)
+		if ch.env != nil {
+			cmd.Env = append(os.Environ(), ch.env...)
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 		pr, pw := io.Pipe()
 		cmd.Stdout, cmd.Stderr = pw, pw

@@ -186,12 +186,13 @@ func healthCommand() *cli.Command {
 		Usage: "exit 0 if a role answers (for container healthchecks: no shell needed)",
 		Description: "--broker checks that the broker answers a request (a reply or its own\n" +
 			"\"unavailable\" both prove it works); --peer checks that a server answers a probe\n" +
-			"on its peer port; --tcp checks that a port completes a ZeroMQ handshake.",
+			"on its peer port; --zmtp checks that a port completes a ZeroMQ handshake.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "broker", Usage: "a broker's client endpoint, e.g. tcp://localhost:5555"},
 			&cli.StringFlag{Name: "peer", Usage: "a server's peer endpoint, e.g. tcp://localhost:5561"},
 			&cli.StringFlag{Name: "zmtp", Usage: "any ZeroMQ endpoint that must complete a handshake, e.g. tcp://localhost:5558"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Second, Usage: "how long to wait"},
+			clusterSecretFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
@@ -203,13 +204,17 @@ func healthCommand() *cli.Command {
 					return len(m.Frames) == 2 && json.Unmarshal(m.Frames[1], &r) == nil
 				})
 			case c.String("peer") != "":
+				secret, err := readClusterSecret(c)
+				if err != nil {
+					return fmt.Errorf("health: %w", err)
+				}
 				return healthRequest(ctx, c.String("peer"), [][]byte{[]byte(`{"type":"probe","n":1}`)}, func(m zmq4.Msg) bool {
 					return len(m.Frames) == 1 && strings.Contains(string(m.Frames[0]), `"state"`)
-				})
+				}, zmqx.Cluster(secret)...)
 			case c.String("zmtp") != "":
 				sock := zmq4.NewSub(ctx)
 				defer sock.Close()
-				if err := sock.Dial(c.String("zmtp")); err != nil {
+				if err := sock.Dial(zmqx.Endpoint(c.String("zmtp"))); err != nil {
 					return fmt.Errorf("health: %s: %w", c.String("zmtp"), err)
 				}
 				return nil
@@ -220,10 +225,10 @@ func healthCommand() *cli.Command {
 }
 
 // healthRequest sends frames on a DEALER and waits for an answer that ok accepts.
-func healthRequest(ctx context.Context, endpoint string, frames [][]byte, ok func(zmq4.Msg) bool) error {
-	sock := zmq4.NewDealer(ctx, zmq4.WithTimeout(zmqx.SendTimeout), zmq4.WithDialerMaxRetries(2))
+func healthRequest(ctx context.Context, endpoint string, frames [][]byte, ok func(zmq4.Msg) bool, opts ...zmq4.Option) error {
+	sock := zmq4.NewDealer(ctx, append([]zmq4.Option{zmq4.WithTimeout(zmqx.SendTimeout), zmq4.WithDialerMaxRetries(2)}, opts...)...)
 	defer sock.Close()
-	if err := sock.Dial(endpoint); err != nil {
+	if err := sock.Dial(zmqx.Endpoint(endpoint)); err != nil {
 		return fmt.Errorf("health: %s: %w", endpoint, err)
 	}
 	if err := sock.Send(zmq4.NewMsgFrom(frames...)); err != nil {

@@ -79,6 +79,9 @@ type Config struct {
 	Wait time.Duration
 	// MaxPending bounds the requests waiting for a leader (default 10000).
 	MaxPending int
+	// ClusterSecret, if set, is the ZMTP PLAIN password servers must present
+	// on the backend (zmqx.Cluster); empty: anyone may connect there.
+	ClusterSecret string
 	// Logger receives the broker's events (default: discard). The caller
 	// adds attributes such as role=broker.
 	Logger *slog.Logger
@@ -93,6 +96,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HeartbeatTimeout < 0 || c.Wait < 0 || c.MaxPending < 0 {
 		return c, errors.New("broker: heartbeat timeout, wait and max pending must not be negative")
+	}
+	if c.ClusterSecret != "" {
+		if err := zmqx.CheckSecret(c.ClusterSecret); err != nil {
+			return c, fmt.Errorf("broker: %w", err)
+		}
 	}
 	if c.HeartbeatTimeout == 0 {
 		c.HeartbeatTimeout = DefaultHeartbeatTimeout
@@ -197,13 +205,13 @@ func Listen(ctx context.Context, cfg Config) (*Broker, error) {
 		ctx:        sctx,
 		cancel:     cancel,
 		front:      zmq4.NewRouter(sctx, zmqx.Listener(cfg.Logger)...),
-		back:       zmq4.NewRouter(sctx, zmqx.Listener(cfg.Logger)...),
+		back:       zmq4.NewRouter(sctx, append(zmqx.Listener(cfg.Logger), zmqx.Cluster(cfg.ClusterSecret)...)...),
 		served:     make(chan struct{}),
 		servers:    make(map[string]*server),
 		inflight:   make(map[string]inflight),
 		leaderless: time.Now(),
 	}
-	if err := zmqx.Bind(b.front, cfg.Frontend); err != nil {
+	if err := zmqx.BindClients(b.front, cfg.Frontend); err != nil {
 		b.shutdown()
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -238,14 +238,19 @@ func TestFollowerRepliesAreForwarded(t *testing.T) {
 	// (before a failover) answers not_leader, and the client must see it.
 	b := startBroker(t, broker.Config{HeartbeatTimeout: hb})
 	front, back := b.Addr()
-	newFakeServer(t, back, 1, wire.RoleLeader, 1)
+	leader := newFakeServer(t, back, 1, wire.RoleLeader, 1)
 	waitLeader(t, b, 1, 1)
 	f := newFakeServer(t, back, 2, wire.RoleFollower, 1)
 	waitFor(t, 5*time.Second, "two servers", func() bool { return len(b.Servers()) == 2 })
 	c := newClient(t, front)
 	c.call(wire.Ping, 1) // the client is connected
+	// The broker names clients itself (it ignores the identities they
+	// claim): the leader learnt this one's name from the request.
+	leader.mu.Lock()
+	client := leader.client
+	leader.mu.Unlock()
 	// Send a reply from the follower's socket directly.
-	_ = f.sock.Send(zmqMsg(c.id, nil,
+	_ = f.sock.Send(zmqMsg(client, nil,
 		wire.Encode(wire.ErrorReply(&wire.Request{Service: wire.Post, Req: 9}, wire.Errorf(wire.CodeNotLeader, "not the leader")))))
 	rep := c.recv(5 * time.Second)
 	if rep.Req != 9 || rep.Error == nil || rep.Error.Code != wire.CodeNotLeader {

@@ -121,6 +121,8 @@ type fakeServer struct {
 	epoch  uint64
 	beat   bool
 	served int
+	// client is the identity the broker gave the client of the last request.
+	client []byte
 
 	// handle makes the reply to a request body; nil: an OK wire.Reply
 	// naming the server.
@@ -187,6 +189,7 @@ func (s *fakeServer) serve() {
 		}
 		s.mu.Lock()
 		s.served++
+		s.client = f[0]
 		epoch := s.epoch
 		s.mu.Unlock()
 		var reply []byte

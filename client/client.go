@@ -239,7 +239,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c.sub = zmq4.NewSub(root, append(zmqx.Dialer(c.log), zmq4.WithID(zmq4.SocketIdentity(id+"-sub")))...)
 	c.subIn = zmqx.NewInbox(root, c.sub, 256)
 	c.dials.Go(func() {
-		if err := c.sub.Dial(cfg.PubSub); err != nil && root.Err() == nil {
+		if err := c.sub.Dial(zmqx.Endpoint(cfg.PubSub)); err != nil && root.Err() == nil {
 			c.log.Error("subscriber gave up connecting", "pubsub", cfg.PubSub, "err", err)
 		}
 	})
@@ -531,7 +531,7 @@ func (c *Client) newDealer() *dealer {
 	d := &dealer{sock: sock, cancel: cancel, in: zmqx.NewInbox(ctx, sock, 16), dialed: make(chan struct{})}
 	c.dials.Go(func() {
 		defer close(d.dialed)
-		d.err = sock.Dial(c.cfg.Broker)
+		d.err = sock.Dial(zmqx.Endpoint(c.cfg.Broker))
 	})
 	return d
 }

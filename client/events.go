@@ -229,6 +229,15 @@ func (c *Client) deliverLocked(st *stream, m wire.Message, epoch uint64, recover
 	return true
 }
 
+// Pending returns how many events have been delivered by the client but
+// have not reached the Events channel yet. When it is 0, a non-blocking read
+// of Events gets every event delivered so far.
+func (c *Client) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queued
+}
+
 // emit hands queued events to Events, in order, and closes it at the end.
 func (c *Client) emit() {
 	defer close(c.events)

@@ -327,6 +327,9 @@ func (e *Elector) currentEpoch() uint64 {
 
 // campaign runs the Bully rule once.
 func (e *Elector) campaign(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
 	// Does any other live server already lead a current epoch (one we have
 	// not heard of yet)? Does any higher id live?
 	cur := e.currentEpoch()
@@ -368,6 +371,9 @@ func (e *Elector) campaign(ctx context.Context) {
 		e.mu.Unlock()
 		e.releaseLock()
 		return
+	}
+	if ctx.Err() != nil {
+		return // stopped while probing: this server is leaving
 	}
 	next := cur + 1
 	if err := e.epochs.Claim(next, e.cfg.ID); err != nil {

@@ -60,6 +60,9 @@ type Config struct {
 	HWM int
 	// Logger receives the proxy's events (default: discard).
 	Logger *slog.Logger
+	// ClusterSecret, if set, is the ZMTP PLAIN password publishers must
+	// present on the frontend (zmqx.Cluster); empty: anyone may publish.
+	ClusterSecret string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -74,6 +77,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HWM == 0 {
 		c.HWM = DefaultHWM
+	}
+	if c.ClusterSecret != "" {
+		if err := zmqx.CheckSecret(c.ClusterSecret); err != nil {
+			return c, fmt.Errorf("proxy: %w", err)
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -113,7 +121,7 @@ func Listen(ctx context.Context, cfg Config) (*Proxy, error) {
 		log:    cfg.Logger,
 		ctx:    sctx,
 		cancel: cancel,
-		sub:    zmq4.NewSub(sctx, zmqx.Listener(cfg.Logger)...),
+		sub:    zmq4.NewSub(sctx, append(zmqx.Listener(cfg.Logger), zmqx.Cluster(cfg.ClusterSecret)...)...),
 		served: make(chan struct{}),
 	}
 	fail := func(err error) (*Proxy, error) {
@@ -132,7 +140,7 @@ func Listen(ctx context.Context, cfg Config) (*Proxy, error) {
 	if err := p.pub.SetOption(zmq4.OptionHWM, cfg.HWM); err != nil {
 		return fail(fmt.Errorf("set HWM: %w", err))
 	}
-	if err := zmqx.Bind(p.pub, cfg.Backend); err != nil {
+	if err := zmqx.BindClients(p.pub, cfg.Backend); err != nil {
 		return fail(err)
 	}
 	p.faddr = zmqx.BoundEndpoint(p.sub, cfg.Frontend)

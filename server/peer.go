@@ -26,14 +26,17 @@ import (
 
 // peerMsg is every message of the peer protocol.
 type peerMsg struct {
-	Type  string `json:"type"` // "probe", "state", "adjust"
-	N     uint64 `json:"n"`    // request number, echoed in the answer
-	From  int    `json:"from,omitempty"`
-	State *peerState
+	Type  string     `json:"type"` // "probe", "state", "adjust"
+	N     uint64     `json:"n"`    // request number, echoed in the answer
+	From  int        `json:"from,omitempty"`
+	State *peerState `json:"state,omitempty"`
 	// adjust: the correction to add to the receiver's software clock.
-	DeltaNS int64 `json:"delta_ns,omitempty"`
-	Epoch   uint64
+	DeltaNS int64  `json:"delta_ns,omitempty"`
+	Epoch   uint64 `json:"epoch,omitempty"`
 }
+
+// roleLeaving is the role a shutting-down server answers probes with.
+const roleLeaving = "leaving"
 
 // peerState is what a server says of itself.
 type peerState struct {
@@ -60,6 +63,7 @@ type peers struct {
 	links  map[int]*peerLink
 	n      atomic.Uint64
 	router zmq4.Socket
+	secret string // the cluster secret: ZMTP PLAIN between peers
 	rin    *zmqx.Inbox
 	group  zmqx.Group
 	// answer builds this server's state for a probe; adjust applies a correction.
@@ -67,10 +71,10 @@ type peers struct {
 	adjust func(epoch uint64, delta time.Duration)
 }
 
-func listenPeers(ctx context.Context, self int, listen string, addrs map[int]string, logger *slog.Logger) (*peers, error) {
-	p := &peers{self: self, log: logger, links: map[int]*peerLink{}}
-	p.router = zmq4.NewRouter(ctx, zmqx.Listener(logger)...)
-	if err := p.router.Listen(listen); err != nil {
+func listenPeers(ctx context.Context, self int, listen string, addrs map[int]string, secret string, logger *slog.Logger) (*peers, error) {
+	p := &peers{self: self, log: logger, links: map[int]*peerLink{}, secret: secret}
+	p.router = zmq4.NewRouter(ctx, append(zmqx.Listener(logger), zmqx.Cluster(secret)...)...)
+	if err := p.router.Listen(zmqx.Endpoint(listen)); err != nil {
 		return nil, fmt.Errorf("listen %s for peers: %w", listen, err)
 	}
 	for id := range addrs {
@@ -94,7 +98,7 @@ func (p *peers) start(ctx context.Context, addrs map[int]string) {
 	for id, l := range p.links {
 		l.link = zmqx.NewLink(ctx, addrs[id], 64, p.log, func(ctx context.Context) zmq4.Socket {
 			ident := zmq4.SocketIdentity(fmt.Sprintf("server-%d-peer-%d-%x", p.self, id, time.Now().UnixNano()))
-			return zmq4.NewDealer(ctx, append(zmqx.Dialer(p.log), zmq4.WithID(ident))...)
+			return zmq4.NewDealer(ctx, append(zmqx.Dialer(p.log), append(zmqx.Cluster(p.secret), zmq4.WithID(ident))...)...)
 		})
 		p.group.Go(func() {
 			for {
@@ -184,7 +188,7 @@ func (p *peers) state(ctx context.Context, id int) (peerState, time.Duration, bo
 // Probe implements election.Prober.
 func (p *peers) Probe(ctx context.Context, id int) (election.PeerState, bool) {
 	st, _, ok := p.state(ctx, id)
-	if !ok {
+	if !ok || st.Role == roleLeaving {
 		return election.PeerState{}, false
 	}
 	return election.PeerState{ID: st.ID, Leader: st.Role == "leader", Epoch: st.Epoch}, true

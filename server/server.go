@@ -43,6 +43,7 @@ type Config struct {
 	Dir    string         // the shared data directory
 
 	Secret        string        // JWT key; empty: a key file in Dir
+	ClusterSecret string        // ZMTP PLAIN password to the broker, the pubsub and the peers; empty: none
 	TokenTTL      time.Duration // session lifetime (24h)
 	Heartbeat     time.Duration // to the broker (100ms)
 	ClockSkew     time.Duration // start the software clock off by this much (demos, tests)
@@ -111,6 +112,9 @@ func (c Config) Validate() error {
 	case c.Dir == "":
 		return errors.New("--data is empty: give the shared data directory")
 	}
+	if c.ClusterSecret != "" {
+		return zmqx.CheckSecret(c.ClusterSecret)
+	}
 	return nil
 }
 
@@ -140,6 +144,9 @@ type Server struct {
 	epoch atomic.Uint64 // the epoch this server leads, 0 when following
 	index atomic.Uint64 // log entries applied
 	known atomic.Uint64 // newest epoch seen in the log
+	// leaving is set when the server shuts down: it no longer stands for election.
+	leaving      atomic.Bool
+	stopElection context.CancelFunc
 
 	// Owned by the core goroutine.
 	pending  []*pendingWrite // appended by this leader, waiting to be read back
@@ -189,7 +196,9 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open log in %s: %w", cfg.Dir, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	// The server's own lifetime ends with Close (or the end of Serve), not
+	// with ctx: cancelling Serve's context must leave it time to hand over.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		cfg: cfg, log: log, ctx: ctx, cancel: cancel,
 		lg: lg, tokens: tokens,
@@ -215,7 +224,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 			peerIDs = append(peerIDs, id)
 		}
 	}
-	s.peers, err = listenPeers(ctx, cfg.ID, cfg.Listen, cfg.Peers, log)
+	s.peers, err = listenPeers(ctx, cfg.ID, cfg.Listen, cfg.Peers, cfg.ClusterSecret, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -253,6 +262,8 @@ func (s *Server) restore() error {
 		}
 	}
 	s.pos = pos
+	s.index.Store(pos.Index)
+	s.known.Store(pos.MaxEp)
 	s.reader, err = s.lg.Reader(pos)
 	if err != nil {
 		return fmt.Errorf("open log reader: %w", err)
@@ -368,14 +379,14 @@ func (s *Server) lastBarrier() (int, uint64) {
 func (s *Server) Serve(ctx context.Context) error {
 	s.backend = zmqx.NewLink(s.ctx, s.cfg.Broker, 4096, s.log, func(ctx context.Context) zmq4.Socket {
 		ident := zmq4.SocketIdentity(fmt.Sprintf("server-%d-%x", s.cfg.ID, time.Now().UnixNano()))
-		return zmq4.NewDealer(ctx, append(zmqx.Dialer(s.log), zmq4.WithID(ident))...)
+		return zmq4.NewDealer(ctx, append(zmqx.Dialer(s.log), append(zmqx.Cluster(s.cfg.ClusterSecret), zmq4.WithID(ident))...)...)
 	})
 	// The PUB dials without zmq4's automatic reconnect, which can deadlock a
 	// PUB when the pubsub restarts (its writer and its reaper take two locks
 	// in opposite orders). A connected PUB knows the pubsub's subscription
 	// to everything; when that is gone, the link replaces the socket.
 	s.pub = zmqx.NewLink(s.ctx, s.cfg.PubSub, 4096, s.log, func(ctx context.Context) zmq4.Socket {
-		pub := zmq4.NewPub(ctx, zmqx.Once(s.log)...)
+		pub := zmq4.NewPub(ctx, append(zmqx.Once(s.log), zmqx.Cluster(s.cfg.ClusterSecret)...)...)
 		_ = pub.SetOption(zmq4.OptionHWM, 10000)
 		return pub
 	})
@@ -388,8 +399,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.group.Go(s.worker)
 	}
 	s.group.Go(s.clockSync)
+	ectx, stopElection := context.WithCancel(s.ctx)
+	s.stopElection = stopElection
 	s.group.Go(func() {
-		if err := s.elector.Run(s.ctx); err != nil {
+		if err := s.elector.Run(ectx); err != nil {
 			s.log.Error("election", "err", err)
 		}
 	})
@@ -543,10 +556,28 @@ func (s *Server) checkFence() {
 // resign hands leadership over on a clean shutdown: release the lock first so
 // a follower takes over at once.
 func (s *Server) resign() {
-	if ep := s.epoch.Load(); ep != 0 {
+	// From now on peers take this server for gone: a follower that wins
+	// the lock must not defer to it as a higher id.
+	s.leaving.Store(true)
+	s.stopElection() // no more campaigns; the elector lets go of the lock
+	ep := s.epoch.Load()
+	if ep != 0 {
 		s.stopLeading("shutting down", ep)
 	}
 	s.elector.StepDown()
+	if ep == 0 {
+		return
+	}
+	// Stay a moment, answering probes with "leaving", until a successor has
+	// claimed the next epoch: a candidate then learns at once that this
+	// server is gone instead of waiting out a probe to a closed port.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if cur, err := s.lg.Epoch(); err != nil || cur > ep {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (s *Server) heartbeat() {
@@ -575,6 +606,9 @@ func (s *Server) maybeSnapshot() {
 }
 
 func (s *Server) peerState() peerState {
+	if s.leaving.Load() {
+		return peerState{ID: s.cfg.ID, Role: roleLeaving, Time: s.clock.Now()}
+	}
 	role := wire.RoleFollower
 	ep := s.epoch.Load()
 	if ep != 0 {

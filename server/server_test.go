@@ -184,3 +184,28 @@ func TestChatAndFailover(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A leader stopped cleanly (SIGTERM, docker stop) hands over: a follower
+// leads in a new epoch, and writes go on, nothing lost.
+func TestCleanStopHandsOver(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Servers: 3})
+	leader, epoch := c.WaitLeader(10 * time.Second)
+	ana := newRaw(t, c.Frontend)
+	mustOK(t, ana.do(wire.Register, wire.Credentials{User: "ana", Password: "secret"}), nil)
+	var l wire.LoginReply
+	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "ana", Password: "secret"}), &l)
+	ana.token = l.Token
+	mustOK(t, ana.do(wire.Create, wire.CreateRequest{Channel: "general"}), nil)
+	mustOK(t, ana.do(wire.Post, wire.PostRequest{Channel: "general", Text: "before"}), nil)
+	c.Stop(leader)
+	next, nextEpoch := c.WaitNewLeader(epoch, 10*time.Second)
+	if next == leader {
+		t.Fatalf("server %d still leads after its clean stop", leader)
+	}
+	var m wire.MessageReply
+	mustOK(t, ana.do(wire.Post, wire.PostRequest{Channel: "general", Text: "after"}), &m)
+	if m.Message.Seq != 2 {
+		t.Fatalf("post after the handover got seq %d, want 2", m.Message.Seq)
+	}
+	t.Logf("server %d took over in epoch %d", next, nextEpoch)
+}

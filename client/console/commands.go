@@ -461,6 +461,10 @@ func (s *session) status(ctx context.Context, _ []string, _ string) (result, err
 	}
 	lines := []string{fmt.Sprintf("leader: server %d, epoch %d, log index %d", st.Leader, st.Epoch, st.Index)}
 	for _, sv := range st.Servers {
+		if sv.Role == wire.RoleUnreachable {
+			lines = append(lines, fmt.Sprintf("  server %d: unreachable", sv.ID))
+			continue
+		}
 		lines = append(lines, fmt.Sprintf("  server %d: %s, epoch %d, index %d, lag %d, clock correction %.3fms, offset %.3fms",
 			sv.ID, sv.Role, sv.Epoch, sv.Index, sv.Lag, sv.Correction, sv.Offset))
 	}

@@ -152,7 +152,31 @@ func Run(ctx context.Context, c *client.Client, opts Options) error {
 	finish := func() {
 		close(stop)
 		printer.Wait()
-		// Print what already arrived, in order, by the one reader left.
+		// Print what already arrived, in order, by the one reader left,
+		// including events the client has delivered but not yet handed
+		// over (an own post, for one): Pending counts those.
+		for {
+			select {
+			case ev, ok := <-c.Events():
+				if !ok {
+					return
+				}
+				s.event(ev)
+				continue
+			default:
+			}
+			if c.Pending() == 0 {
+				break
+			}
+			select {
+			case ev, ok := <-c.Events():
+				if !ok {
+					return
+				}
+				s.event(ev)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
 		for {
 			select {
 			case ev, ok := <-c.Events():

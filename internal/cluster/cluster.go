@@ -49,10 +49,14 @@ type Options struct {
 	Servers int
 	Tune    func(*server.Config) // adjusts each server's config
 	Log     io.Writer            // where every role logs (default: stderr, warnings only unless -v)
+	// ClusterSecret, if set, makes the broker's backend, the pubsub's
+	// frontend and the servers' peer ports accept only peers presenting it.
+	ClusterSecret string
 }
 
 // Start runs a cluster and stops it when the test ends.
 func Start(t testing.TB, opt Options) *Cluster {
+	secret := opt.ClusterSecret
 	t.Helper()
 	if opt.Servers == 0 {
 		opt.Servers = 3
@@ -65,12 +69,17 @@ func Start(t testing.TB, opt Options) *Cluster {
 		log = slog.New(slog.NewTextHandler(opt.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b, err := broker.Listen(ctx, broker.Config{Frontend: "tcp://127.0.0.1:0", Backend: "tcp://127.0.0.1:0", Logger: log.With("role", "broker")})
+	b, err := broker.Listen(ctx, broker.Config{Frontend: "tcp://127.0.0.1:0", Backend: "tcp://127.0.0.1:0",
+		Logger: log.With("role", "broker"), ClusterSecret: secret})
 	if err != nil {
+		cancel()
 		t.Fatalf("broker: %v", err)
 	}
-	p, err := proxy.Listen(ctx, proxy.Config{Frontend: "tcp://127.0.0.1:0", Backend: "tcp://127.0.0.1:0", Logger: log.With("role", "pubsub")})
+	p, err := proxy.Listen(ctx, proxy.Config{Frontend: "tcp://127.0.0.1:0", Backend: "tcp://127.0.0.1:0",
+		Logger: log.With("role", "pubsub"), ClusterSecret: secret})
 	if err != nil {
+		cancel()
+		b.Close()
 		t.Fatalf("pubsub: %v", err)
 	}
 	var wg sync.WaitGroup
@@ -98,7 +107,12 @@ func Start(t testing.TB, opt Options) *Cluster {
 		p.Close()
 		wg.Wait()
 	})
-	c.tune = opt.Tune
+	c.tune = func(cfg *server.Config) {
+		cfg.ClusterSecret = secret
+		if opt.Tune != nil {
+			opt.Tune(cfg)
+		}
+	}
 	for id := 1; id <= opt.Servers; id++ {
 		c.StartServer(id)
 	}
@@ -156,6 +170,21 @@ func (c *Cluster) Kill(id int) {
 	r.s.Close()
 	r.cancel()
 	<-r.done
+}
+
+// Stop shuts server id down cleanly, as SIGTERM does: it hands leadership
+// over before it exits.
+func (c *Cluster) Stop(id int) {
+	c.mu.Lock()
+	r := c.servers[id]
+	delete(c.servers, id)
+	c.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	r.s.Close()
 }
 
 // Leader waits until the broker routes to a leader and returns its id and epoch.

@@ -9,12 +9,23 @@ import (
 	"github.com/go-zeromq/zmq4"
 )
 
-// Bind makes sock listen on endpoint. Its error names the endpoint and the
-// cause without zmq4's layers of wrapping ("listen tcp://*:5555: address
-// already in use"); the cause stays reachable with errors.Is (for example
-// syscall.EADDRINUSE).
+// Bind makes sock listen on endpoint, a "tcp://" one through the hardened
+// transport with ClusterLimits (see Endpoint). Its error names the endpoint
+// and the cause without zmq4's layers of wrapping ("listen tcp://*:5555:
+// address already in use"); the cause stays reachable with errors.Is (for
+// example syscall.EADDRINUSE).
 func Bind(sock zmq4.Socket, endpoint string) error {
-	err := sock.Listen(endpoint)
+	return bind(sock, endpoint, Endpoint(endpoint))
+}
+
+// BindClients is Bind for a port that clients connect to: the hardened
+// transport with ClientLimits (see ClientEndpoint).
+func BindClients(sock zmq4.Socket, endpoint string) error {
+	return bind(sock, endpoint, ClientEndpoint(endpoint))
+}
+
+func bind(sock zmq4.Socket, endpoint, mapped string) error {
+	err := sock.Listen(mapped)
 	if err == nil {
 		return nil
 	}

@@ -77,8 +77,25 @@ func (l *Link) start() *generation {
 	ctx, cancel := context.WithCancel(l.ctx)
 	g := &generation{sock: l.make(ctx), cancel: cancel}
 	g.done.Go(func() {
-		if err := g.sock.Dial(l.endpoint); err != nil && ctx.Err() == nil {
-			l.log.Warn("dial", "endpoint", l.endpoint, "err", err)
+		// Dial retries until TCP connects, but gives up on a failed
+		// handshake (a refused PLAIN secret, a peer that did not finish
+		// in time): retry those too, less often, and say so once.
+		for wait, warned := 100*time.Millisecond, false; ; wait = min(2*wait, 2*time.Second) {
+			err := g.sock.Dial(Endpoint(l.endpoint))
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+			if !warned {
+				l.log.Warn("dial: retrying", "endpoint", l.endpoint, "err", err)
+				warned = true
+			} else {
+				l.log.Debug("dial: retrying", "endpoint", l.endpoint, "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
 		}
 	})
 	g.in = NewInbox(ctx, g.sock, 64)
