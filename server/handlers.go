@@ -152,50 +152,28 @@ func (s *Server) command(req *wire.Request, user string) (*store.Command, *wire.
 	switch req.Service {
 	case wire.Create:
 		var d wire.CreateRequest
-		if err := wire.DecodeData(req, &d); err != nil {
-			return nil, err
-		}
-		if err := wire.ValidName("channel", d.Channel); err != nil {
-			return nil, err
-		}
-		if err := wire.ValidText("description", d.Description, wire.MaxDescLen); err != nil {
+		if err := wire.DecodeValid(req, &d); err != nil {
 			return nil, err
 		}
 		c.Name, c.Description = d.Channel, d.Description
 	case wire.Join, wire.Leave:
 		var d wire.NameRequest
-		if err := wire.DecodeData(req, &d); err != nil {
-			return nil, err
-		}
-		if err := wire.ValidName("channel", d.Channel); err != nil {
+		if err := wire.DecodeValid(req, &d); err != nil {
 			return nil, err
 		}
 		c.Name = d.Channel
 	case wire.Post:
 		var d wire.PostRequest
-		if err := wire.DecodeData(req, &d); err != nil {
-			return nil, err
-		}
-		if err := wire.ValidName("channel", d.Channel); err != nil {
-			return nil, err
-		}
-		if err := wire.ValidText("message", d.Text, wire.MaxTextLen); err != nil {
+		if err := wire.DecodeValid(req, &d); err != nil {
 			return nil, err
 		}
 		c.Name, c.Text = d.Channel, d.Text
 	case wire.DM:
 		var d wire.DMRequest
-		if err := wire.DecodeData(req, &d); err != nil {
-			return nil, err
-		}
-		if err := wire.ValidName("user", d.To); err != nil {
-			return nil, err
-		}
-		if err := wire.ValidText("message", d.Text, wire.MaxTextLen); err != nil {
+		if err := wire.DecodeValid(req, &d); err != nil {
 			return nil, err
 		}
 		c.To, c.Text = d.To, d.Text
-	case wire.Logout:
 	}
 	return c, nil
 }

@@ -336,6 +336,43 @@ func ValidText(kind, s string, max int) *Error {
 	return nil
 }
 
+// --- validation of service data (the servers check; a client may too) ---
+
+// Validate checks the data of create.
+func (r *CreateRequest) Validate() *Error {
+	if err := ValidName("channel", r.Channel); err != nil {
+		return err
+	}
+	return ValidText("description", r.Description, MaxDescLen)
+}
+
+// Validate checks the data of join and leave.
+func (r *NameRequest) Validate() *Error { return ValidName("channel", r.Channel) }
+
+// Validate checks the data of post.
+func (r *PostRequest) Validate() *Error {
+	if err := ValidName("channel", r.Channel); err != nil {
+		return err
+	}
+	return ValidText("message", r.Text, MaxTextLen)
+}
+
+// Validate checks the data of dm.
+func (r *DMRequest) Validate() *Error {
+	if err := ValidName("user", r.To); err != nil {
+		return err
+	}
+	return ValidText("message", r.Text, MaxTextLen)
+}
+
+// DecodeValid parses a request's data into v and checks it.
+func DecodeValid(r *Request, v interface{ Validate() *Error }) *Error {
+	if err := DecodeData(r, v); err != nil {
+		return err
+	}
+	return v.Validate()
+}
+
 // --- encoding ---
 
 // DecodeRequest parses one request frame. Unknown fields are ignored.

@@ -153,21 +153,10 @@ func Run(ctx context.Context, c *client.Client, opts Options) error {
 		close(stop)
 		printer.Wait()
 		// Print what already arrived, in order, by the one reader left,
-		// including events the client has delivered but not yet handed
-		// over (an own post, for one): Pending counts those.
+		// including what the client has delivered but not handed over yet
+		// (an own post, for one): Pending drops only once an event is in
+		// the channel, so nothing pending and nothing buffered means done.
 		for {
-			select {
-			case ev, ok := <-c.Events():
-				if !ok {
-					return
-				}
-				s.event(ev)
-				continue
-			default:
-			}
-			if c.Pending() == 0 {
-				break
-			}
 			select {
 			case ev, ok := <-c.Events():
 				if !ok {
@@ -175,17 +164,9 @@ func Run(ctx context.Context, c *client.Client, opts Options) error {
 				}
 				s.event(ev)
 			case <-time.After(10 * time.Millisecond):
-			}
-		}
-		for {
-			select {
-			case ev, ok := <-c.Events():
-				if !ok {
+				if c.Pending() == 0 && len(c.Events()) == 0 {
 					return
 				}
-				s.event(ev)
-			default:
-				return
 			}
 		}
 	}
