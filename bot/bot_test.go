@@ -1,18 +1,17 @@
 package bot_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"chat/bot"
 	"chat/client"
 	"chat/client/clienttest"
+	"chat/internal/testlog"
 )
 
 func run(t *testing.T, ctx context.Context, cfg bot.Config) error {
@@ -56,28 +55,10 @@ func TestBotPostsCountMessages(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination shared by the bot's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestBotRidesThroughFailures(t *testing.T) {
 	fake := clienttest.NewServer(t)
 	fake.Unavailable(4) // no leader at first: setup fails twice
-	var logs syncBuffer
+	var logs testlog.Buffer
 	cfg := bot.Config{
 		Client: client.Config{Broker: fake.Broker, PubSub: fake.PubSub, Timeout: 200 * time.Millisecond, Retries: 2},
 		Name:   "bot2", Password: "secret", Rate: 100, Count: 3,

@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,37 +15,13 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"chat/broker"
+	"chat/internal/testlog"
 	"chat/internal/zmqx"
 	"chat/wire"
 )
 
 // testLogger collects the logs of a test and shows them if it fails.
-func testLogger(t testing.TB) (*slog.Logger, *lockedBuffer) {
-	buf := &lockedBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", buf.String())
-		}
-	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+func testLogger(t testing.TB) (*slog.Logger, *testlog.Buffer) { return testlog.New(t) }
 
 // startBroker listens on random loopback ports and serves until the test ends.
 func startBroker(t testing.TB, cfg broker.Config) *broker.Broker {

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,36 +12,15 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"chat/internal/testlog"
 	"chat/internal/zmqx"
 	"chat/proxy"
 )
 
 // testLogger collects the logs of a test and shows them if it fails.
 func testLogger(t testing.TB) *slog.Logger {
-	buf := &lockedBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", buf.String())
-		}
-	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	log, _ := testlog.New(t)
+	return log
 }
 
 // startProxy listens on frontend and backend (random loopback ports if

@@ -16,27 +16,10 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"chat/internal/cluster"
+	"chat/internal/testlog"
 	"chat/server"
 	"chat/wire"
 )
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A subscriber that connects to the pubsub and subscribes to everything sees
 // that direct messages happen, but not their text, sender, recipient or
@@ -126,7 +109,7 @@ func TestDirectMessagesArePrivateOnTheBus(t *testing.T) {
 // No password, hash, token or key reaches a reply, a log line or a stored
 // message; no password or token reaches the data directory.
 func TestSecretsStaySecret(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	c := cluster.Start(t, cluster.Options{Servers: 2, Log: logs})
 	c.WaitLeader(10 * time.Second)
 	const password = "hunter2-very-secret"

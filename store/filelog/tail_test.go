@@ -7,22 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
+	"chat/internal/testlog"
 	"chat/store"
 )
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
 
 // A follower tails the log while the leader appends as fast as it can: it
 // must read every record, in order, and never take a record that was being
@@ -34,7 +23,7 @@ func TestTailWhileWriting(t *testing.T) {
 	dir := t.TempDir()
 	leader := openLog(t, dir)
 	claim(t, leader, 1, 1)
-	var warnings lockedBuf
+	var warnings testlog.Buffer
 	followerLog, err := Open(dir, slog.New(slog.NewTextHandler(&warnings, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +78,7 @@ func TestTailWhileWriting(t *testing.T) {
 		}
 		next++
 	}
-	if strings.Contains(warnings.b.String(), "skipped") {
-		t.Fatalf("the follower skipped records that were only being written:\n%s", warnings.b.String())
+	if strings.Contains(warnings.String(), "skipped") {
+		t.Fatalf("the follower skipped records that were only being written:\n%s", warnings.String())
 	}
 }
