@@ -35,8 +35,8 @@ func (s *Server) handle(msg zmq4.Msg) {
 		s.reply(ident, wire.ErrorReply(nil, werr))
 		return
 	}
-	if len(req.Client) > store.MaxClientLen {
-		s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeBadRequest, "client id is longer than %d bytes", store.MaxClientLen)))
+	if len(req.Client) > maxClientID {
+		s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeBadRequest, "client id is longer than %d bytes", maxClientID)))
 		return
 	}
 	// A client may be ahead, but not by an absurd amount: a clock pushed
@@ -134,7 +134,7 @@ func (s *Server) authed(ident []byte, req *wire.Request, user string) {
 			s.reply(ident, wire.ErrorReply(req, err))
 			return
 		}
-		if !s.isRetry(req) && req.Service != wire.Logout {
+		if !s.isRetry(user, req) && req.Service != wire.Logout {
 			if ok, wait := s.changes.allow(user, time.Now()); !ok {
 				s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeRateLimited,
 					"%s is sending too fast: wait %s", user, waitText(wait))))
@@ -182,7 +182,8 @@ func (s *Server) command(req *wire.Request, user string) (*store.Command, *wire.
 // before (a retry): then the original answer is sent again.
 func (s *Server) write(ident []byte, req *wire.Request, cmd *store.Command, done func(store.Result)) {
 	if req.Client != "" {
-		if res, found, stale := s.m.Answered(req.Client, req.Req); stale {
+		key := dedupeKey(cmd.User, req.Client)
+		if res, found, stale := s.m.Answered(key, req.Req); stale {
 			s.reply(ident, wire.ErrorReply(req, wire.Errorf(wire.CodeStale, "request %d was superseded by a newer one from this client", req.Req)))
 			return
 		} else if found {
@@ -193,7 +194,7 @@ func (s *Server) write(ident []byte, req *wire.Request, cmd *store.Command, done
 			}
 			return
 		}
-		cmd.Client, cmd.Req = req.Client, req.Req
+		cmd.Client, cmd.Req = key, req.Req
 	}
 	cmd.Lamport = s.lamport.Tick()
 	cmd.Time = s.clock.Now()
@@ -300,7 +301,7 @@ func (s *Server) register(ident []byte, req *wire.Request) {
 		return
 	}
 	if req.Client != "" {
-		if res, found, _ := s.m.Answered(req.Client, req.Req); found {
+		if res, found, _ := s.m.Answered(dedupeKey(d.User, req.Client), req.Req); found {
 			s.replyResult(ident, req, res, s.lamport.Now())
 			return
 		}
@@ -392,15 +393,25 @@ func (s *Server) offload(ident []byte, req *wire.Request, slow func() func()) {
 	}
 }
 
-// isRetry reports whether req is a retry of a request already answered (a
-// retry costs nothing against rate limits: it is answered from memory).
-func (s *Server) isRetry(req *wire.Request) bool {
+// isRetry reports whether req, from user, is a retry of a request already
+// answered (a retry costs nothing against rate limits: it is answered from
+// memory).
+func (s *Server) isRetry(user string, req *wire.Request) bool {
 	if req.Client == "" {
 		return false
 	}
-	_, found, _ := s.m.Answered(req.Client, req.Req)
+	_, found, _ := s.m.Answered(dedupeKey(user, req.Client), req.Req)
 	return found
 }
+
+// maxClientID bounds a request's client id (the dedupe key adds the user).
+const maxClientID = 64
+
+// dedupeKey is the key of a client's answered requests in the replicated
+// dedupe table: the client id within the user it acts as. Keyed by client id
+// alone, anyone who learned another client's id could replay its request
+// numbers and be handed that client's answers (its direct messages).
+func dedupeKey(user, client string) string { return user + "/" + client }
 
 // clientKey names the client a request comes from, for rate limits: its
 // client id, or else its connection.

@@ -221,3 +221,73 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("history holds %d posts, want the %d accepted", len(h.Messages), 30-refused)
 	}
 }
+
+// Replaying another client's id and request number, with one's own token,
+// does not hand over that client's stored answer (here: Ana's direct
+// message to Bob); it is a request of its own.
+func TestReplayedRequestIDsGiveNothingAway(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Servers: 1})
+	c.WaitLeader(10 * time.Second)
+	login := func(cl *rawClient, user string) {
+		mustOK(t, cl.do(wire.Register, wire.Credentials{User: user, Password: "pw-" + user}), nil)
+		var l wire.LoginReply
+		mustOK(t, cl.do(wire.Login, wire.Credentials{User: user, Password: "pw-" + user}), &l)
+		cl.token = l.Token
+	}
+	ana, eve := newRaw(t, c.Frontend), newRaw(t, c.Frontend)
+	login(ana, "ana")
+	login(eve, "eve")
+	bob := newRaw(t, c.Frontend)
+	login(bob, "bob")
+	mustOK(t, ana.do(wire.DM, wire.DMRequest{To: "bob", Text: "meet at 6, the code is 4711"}), nil)
+
+	eve.id = ana.id // Eve learned Ana's client id and guesses her request number
+	rep := eve.send(ana.req, wire.DM, wire.DMRequest{To: "bob", Text: "hello"})
+	var got wire.MessageReply
+	mustOK(t, rep, &got)
+	if strings.Contains(got.Message.Text, "4711") || got.Message.From != "eve" {
+		t.Fatalf("a replayed request id returned another user's answer: %+v", got.Message)
+	}
+}
+
+// Centralized mutual exclusion: 50 clients race to create one channel;
+// the leader serializes them: exactly one succeeds, the others are told it
+// exists.
+func TestCreateRaceHasOneWinner(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Servers: 3})
+	c.WaitLeader(10 * time.Second)
+	const n = 50
+	clients := make([]*rawClient, n)
+	for i := range clients {
+		clients[i] = newRaw(t, c.Frontend)
+		user := fmt.Sprint("racer", i)
+		mustOK(t, clients[i].do(wire.Register, wire.Credentials{User: user, Password: "password"}), nil)
+		var l wire.LoginReply
+		mustOK(t, clients[i].do(wire.Login, wire.Credentials{User: user, Password: "password"}), &l)
+		clients[i].token = l.Token
+	}
+	results := make(chan *wire.Reply, n)
+	start := make(chan struct{})
+	for _, cl := range clients {
+		go func() {
+			<-start
+			results <- cl.do(wire.Create, wire.CreateRequest{Channel: "contested"})
+		}()
+	}
+	close(start)
+	won, exists := 0, 0
+	for range n {
+		r := <-results
+		switch {
+		case r.OK:
+			won++
+		case r.Error.Code == wire.CodeExists:
+			exists++
+		default:
+			t.Errorf("create failed otherwise: %+v", r.Error)
+		}
+	}
+	if won != 1 || exists != n-1 {
+		t.Fatalf("%d created the channel and %d were told it exists; want 1 and %d", won, exists, n-1)
+	}
+}
