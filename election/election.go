@@ -35,9 +35,11 @@ type Epochs interface {
 	Claim(epoch uint64, leader int) error
 }
 
-// Lock is the leader lock (store.Log satisfies it).
+// Lock is the leader lock (store.Log satisfies it). WaitLeaderFree returns
+// the id of the last server to claim an epoch (0 if unknown): when the lock
+// comes free, as a rule the leader that has just died or stepped down.
 type Lock interface {
-	WaitLeaderFree(ctx context.Context) error
+	WaitLeaderFree(ctx context.Context) (leader int, err error)
 	ReleaseLeader()
 }
 
@@ -53,6 +55,11 @@ type PeerState struct {
 	Epoch  uint64
 }
 
+// DefaultProbeTimeout is how long a probe may take by default: on loopback
+// an answer takes well under a millisecond, so this is the time it takes to
+// give up on a peer that is dead or paused.
+const DefaultProbeTimeout = 150 * time.Millisecond
+
 // Config tunes the elector. Zero durations take the defaults.
 type Config struct {
 	ID    int
@@ -60,8 +67,11 @@ type Config struct {
 
 	ProbeInterval time.Duration // how often a follower probes the leader (100ms)
 	ProbeTimeout  time.Duration // how long one probe may take (150ms)
-	LeaseTimeout  time.Duration // silence after which a leader is presumed gone (600ms)
-	DeferTimeout  time.Duration // how long to wait for a higher id to take over (1s)
+	// SuspectTimeout is how long a peer probably dead may take to answer
+	// (20ms): the last leader, when its lock came free.
+	SuspectTimeout time.Duration
+	LeaseTimeout   time.Duration // silence after which a leader is presumed gone (600ms)
+	DeferTimeout   time.Duration // how long to wait for a higher id to take over (1s)
 
 	Logger *slog.Logger
 }
@@ -71,7 +81,10 @@ func (c *Config) defaults() {
 		c.ProbeInterval = 100 * time.Millisecond
 	}
 	if c.ProbeTimeout == 0 {
-		c.ProbeTimeout = 150 * time.Millisecond
+		c.ProbeTimeout = DefaultProbeTimeout
+	}
+	if c.SuspectTimeout == 0 {
+		c.SuspectTimeout = 20 * time.Millisecond
 	}
 	if c.LeaseTimeout == 0 {
 		c.LeaseTimeout = 600 * time.Millisecond
@@ -123,6 +136,8 @@ type Elector struct {
 	lastSeen time.Time // last time the believed leader answered (monotonic)
 	locked   bool
 	holdoff  time.Time // don't wait for the lock again before this (after deferring)
+
+	lockFree chan int // the lock was acquired; the last leader's id
 }
 
 // New returns an elector; call Run.
@@ -133,8 +148,9 @@ func New(cfg Config, epochs Epochs, lock Lock, peers Prober) (*Elector, error) {
 	}
 	return &Elector{
 		cfg: cfg, epochs: epochs, lock: lock, peers: peers,
-		events: make(chan Event, 4),
-		log:    cfg.Logger,
+		events:   make(chan Event, 4),
+		lockFree: make(chan int, 1),
+		log:      cfg.Logger,
 	}, nil
 }
 
@@ -181,21 +197,21 @@ func (e *Elector) StepDown() {
 
 // Run loops until ctx ends.
 func (e *Elector) Run(ctx context.Context) error {
-	lockFree := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	// The lock waiter: whenever this server does not hold the lock, wait for
 	// it. Getting it means its holder died or stepped down.
 	wg.Go(func() {
 		for ctx.Err() == nil {
-			if err := e.lock.WaitLeaderFree(ctx); err != nil {
+			prev, err := e.lock.WaitLeaderFree(ctx)
+			if err != nil {
 				return
 			}
 			e.mu.Lock()
 			e.locked = true
 			e.mu.Unlock()
 			select {
-			case lockFree <- struct{}{}:
+			case e.lockFree <- prev:
 			case <-ctx.Done():
 				return
 			}
@@ -230,8 +246,8 @@ func (e *Elector) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			e.releaseLock()
 			return nil
-		case <-lockFree:
-			e.onLockFree(ctx)
+		case prev := <-e.lockFree:
+			e.onLockFree(ctx, prev)
 		case <-tick.C:
 			e.onTick(ctx)
 		}
@@ -259,14 +275,24 @@ func (e *Elector) releaseLock() {
 // keeps the lock. Otherwise it campaigns; the campaign's probes find a healthy
 // leader that does not hold the lock (it took over from a paused one), if
 // there is one, and leave the lock to it.
-func (e *Elector) onLockFree(ctx context.Context) {
+func (e *Elector) onLockFree(ctx context.Context, prev int) {
 	if e.Leading() != 0 {
 		return
 	}
-	e.campaign(ctx)
+	if prev == e.cfg.ID {
+		prev = 0
+	}
+	e.campaign(ctx, prev)
 }
 
 func (e *Elector) onTick(ctx context.Context) {
+	// The lock coming free says more, sooner, than any probe: see to it first.
+	select {
+	case prev := <-e.lockFree:
+		e.onLockFree(ctx, prev)
+		return
+	default:
+	}
 	if ep := e.Leading(); ep != 0 {
 		cur, err := e.epochs.Epoch()
 		if err != nil {
@@ -297,7 +323,7 @@ func (e *Elector) onTick(ctx context.Context) {
 		if id != 0 && id != e.cfg.ID {
 			e.log.Info("leader silent: starting an election", "leader", id, "silent", silent.Round(time.Millisecond))
 		}
-		e.campaign(ctx)
+		e.campaign(ctx, 0)
 	}
 }
 
@@ -325,8 +351,13 @@ func (e *Elector) currentEpoch() uint64 {
 	return ep
 }
 
-// campaign runs the Bully rule once.
-func (e *Elector) campaign(ctx context.Context) {
+// campaign runs the Bully rule once. suspect is a peer that has probably
+// just died or stepped down (the last leader, when this server got the
+// lock): waiting out a probe of a dead process is the longest part of an
+// election, so it gets SuspectTimeout to answer instead of ProbeTimeout. It
+// is still asked: the hint can be wrong (a leader that took over from a
+// paused one leads without the lock), and a live leader answers at once.
+func (e *Elector) campaign(ctx context.Context, suspect int) {
 	if ctx.Err() != nil {
 		return
 	}
@@ -340,9 +371,15 @@ func (e *Elector) campaign(ctx context.Context) {
 	answers := make(chan answer, len(e.cfg.Peers))
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.ProbeTimeout)
 	defer cancel()
+	sctx, scancel := context.WithTimeout(pctx, e.cfg.SuspectTimeout)
+	defer scancel()
 	for _, p := range e.cfg.Peers {
+		c := pctx
+		if p == suspect {
+			c = sctx
+		}
 		go func() {
-			st, ok := e.peers.Probe(pctx, p)
+			st, ok := e.peers.Probe(c, p)
 			answers <- answer{st, ok}
 		}()
 	}

@@ -14,6 +14,7 @@ type world struct {
 	mu     sync.Mutex
 	epochs map[uint64]int // epoch -> owner
 	holder int            // the lock's holder, 0 = free
+	last   int            // the id the lock file names: the last to claim
 	alive  map[int]bool
 	lead   map[int]uint64 // id -> epoch it leads (as it would answer a probe)
 }
@@ -51,21 +52,23 @@ func (n node) Claim(epoch uint64, leader int) error {
 		return errTaken
 	}
 	n.w.epochs[epoch] = leader
+	n.w.last = leader
 	return nil
 }
 
-func (n node) WaitLeaderFree(ctx context.Context) error {
+func (n node) WaitLeaderFree(ctx context.Context) (int, error) {
 	for {
 		n.w.mu.Lock()
 		if n.w.holder == 0 && n.w.alive[n.id] {
 			n.w.holder = n.id
+			last := n.w.last
 			n.w.mu.Unlock()
-			return nil
+			return last, nil
 		}
 		n.w.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -186,8 +189,11 @@ func TestFailoverToTheNextHighestAndNoPreemption(t *testing.T) {
 		if len(l) != 1 || l[2] <= first {
 			t.Fatalf("after killing 3: leaders %v, want 2 in an epoch above %d", l, first)
 		}
-		if took > time.Second {
-			t.Errorf("failover took %v of (fake) time, want under 1s", took)
+		// The lock names the dead leader, so no one waits out a full probe
+		// of it: the election costs lock polls, live probes and one short
+		// probe of the suspect.
+		if took >= DefaultProbeTimeout {
+			t.Errorf("failover took %v of (fake) time, want less than one probe timeout (%v)", took, DefaultProbeTimeout)
 		}
 
 		// 3 comes back: it must not depose the healthy leader 2.
@@ -277,4 +283,34 @@ func TestConfigValidate(t *testing.T) {
 	if _, err := New(Config{ID: 2, Peers: []int{1, 2}}, nil, nil, nil); err == nil {
 		t.Error("own id among peers accepted")
 	}
+}
+
+// The lock names the last leader, a hint that it just died. But a leader
+// that took over from a paused one leads without the lock; when that lock
+// comes free it names a healthy leader: a returning higher id that gets the
+// lock must find it alive and leave it be.
+func TestLockHintDoesNotDeposeAHealthyLeader(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld()
+		ctx := t.Context()
+		w.run(t, ctx, 1, 2, 3)
+		w.run(t, ctx, 2, 1, 3)
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		ep := w.leaders()[2]
+		if ep == 0 {
+			t.Fatalf("leaders %v, want 2", w.leaders())
+		}
+		// The lock comes free while 2 leads (as when a paused old leader
+		// that held it finally dies), naming 2; then 3 comes back.
+		w.mu.Lock()
+		w.holder, w.last = 0, 2
+		w.mu.Unlock()
+		w.run(t, ctx, 3, 1, 2)
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if l := w.leaders(); len(l) != 1 || l[2] != ep {
+			t.Fatalf("leaders %v: the healthy leader 2 (epoch %d) was deposed", l, ep)
+		}
+	})
 }

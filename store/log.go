@@ -35,8 +35,10 @@ type Log interface {
 	LatestSnapshot() (pos Position, r io.ReadCloser, ok bool, err error)
 	// WaitLeaderFree blocks until no process holds the leader's lock, then
 	// holds it for this process until ctx ends or ReleaseLeader is called.
-	// It is how a follower learns at once that a leader process died.
-	WaitLeaderFree(ctx context.Context) error
+	// It is how a follower learns at once that a leader process died. It
+	// returns the id of the server that last claimed an epoch (0 if
+	// unknown): as a rule, the leader that has just died or stepped down.
+	WaitLeaderFree(ctx context.Context) (leader int, err error)
 	// ReleaseLeader lets go of the leader's lock if this process holds it.
 	ReleaseLeader()
 	// Close releases files and locks.

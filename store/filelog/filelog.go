@@ -223,6 +223,7 @@ func (l *Log) Claim(epoch uint64, leader int) error {
 	if err := l.checkFence(epoch); err != nil {
 		return fmt.Errorf("filelog: claim epoch %d: %w", epoch, err)
 	}
+	l.noteLeader(leader)
 	l.logger.Info("epoch claimed", "epoch", epoch, "leader", leader)
 	return nil
 }

@@ -31,7 +31,7 @@ func assertLocked(t *testing.T, l *Log) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Millisecond)
 	defer cancel()
-	if err := l.WaitLeaderFree(ctx); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := l.WaitLeaderFree(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitLeaderFree while another holds the lock: %v; want DeadlineExceeded", err)
 	}
 }
@@ -41,10 +41,10 @@ func TestWaitLeaderFree(t *testing.T) {
 	l1, l2, l3 := openLog(t, dir), openLog(t, dir), openLog(t, dir)
 	ctx := t.Context()
 
-	if err := l1.WaitLeaderFree(ctx); err != nil {
+	if _, err := l1.WaitLeaderFree(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := l1.WaitLeaderFree(ctx); err != nil {
+	if _, err := l1.WaitLeaderFree(ctx); err != nil {
 		t.Fatalf("WaitLeaderFree while holding: %v", err)
 	}
 	assertLocked(t, l2)
@@ -52,14 +52,14 @@ func TestWaitLeaderFree(t *testing.T) {
 	// Cancel returns promptly with ctx.Err().
 	cctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- l2.WaitLeaderFree(cctx) }()
+	go func() { errc <- func() error { _, err := l2.WaitLeaderFree(cctx); return err }() }()
 	cancel()
 	if err := waitFor(t, errc, "cancelled wait"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled wait: %v; want context.Canceled", err)
 	}
 
 	// ReleaseLeader hands it over.
-	go func() { errc <- l2.WaitLeaderFree(ctx) }()
+	go func() { errc <- func() error { _, err := l2.WaitLeaderFree(ctx); return err }() }()
 	l1.ReleaseLeader()
 	l1.ReleaseLeader() // idempotent
 	if err := waitFor(t, errc, "wait after release"); err != nil {
@@ -68,7 +68,7 @@ func TestWaitLeaderFree(t *testing.T) {
 	assertLocked(t, l1)
 
 	// Close hands it over.
-	go func() { errc <- l3.WaitLeaderFree(ctx) }()
+	go func() { errc <- func() error { _, err := l3.WaitLeaderFree(ctx); return err }() }()
 	l2.Close()
 	if err := waitFor(t, errc, "wait after close"); err != nil {
 		t.Fatal(err)
@@ -77,11 +77,11 @@ func TestWaitLeaderFree(t *testing.T) {
 	// The end of the holder's ctx hands it over.
 	l3.ReleaseLeader()
 	hctx, hcancel := context.WithCancel(ctx)
-	if err := l3.WaitLeaderFree(hctx); err != nil {
+	if _, err := l3.WaitLeaderFree(hctx); err != nil {
 		t.Fatal(err)
 	}
 	assertLocked(t, l1)
-	go func() { errc <- l1.WaitLeaderFree(ctx) }()
+	go func() { errc <- func() error { _, err := l1.WaitLeaderFree(ctx); return err }() }()
 	hcancel()
 	if err := waitFor(t, errc, "wait after the holder's ctx ended"); err != nil {
 		t.Fatal(err)
@@ -90,18 +90,18 @@ func TestWaitLeaderFree(t *testing.T) {
 	// A stale ctx of an earlier hold does not release a later one.
 	l1.ReleaseLeader()
 	octx, ocancel := context.WithCancel(ctx)
-	if err := l3.WaitLeaderFree(octx); err != nil {
+	if _, err := l3.WaitLeaderFree(octx); err != nil {
 		t.Fatal(err)
 	}
 	l3.ReleaseLeader()
-	if err := l3.WaitLeaderFree(ctx); err != nil {
+	if _, err := l3.WaitLeaderFree(ctx); err != nil {
 		t.Fatal(err)
 	}
 	ocancel()
 	assertLocked(t, l1)
 
 	// A Log closed while waiting stops waiting.
-	go func() { errc <- l1.WaitLeaderFree(ctx) }()
+	go func() { errc <- func() error { _, err := l1.WaitLeaderFree(ctx); return err }() }()
 	l1.Close()
 	if err := waitFor(t, errc, "wait of a closed Log"); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("wait of a closed Log: %v; want os.ErrClosed", err)
@@ -122,7 +122,7 @@ func TestLockHolderProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.WaitLeaderFree(context.Background()); err != nil {
+	if _, err := l.WaitLeaderFree(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	os.Stdout.WriteString("\nlocked\n")
@@ -177,7 +177,7 @@ func TestLockReleasedWhenHolderKilled(t *testing.T) {
 	assertLocked(t, l) // a stopped holder keeps it
 
 	errc := make(chan error, 1)
-	go func() { errc <- l.WaitLeaderFree(t.Context()) }()
+	go func() { _, err := l.WaitLeaderFree(t.Context()); errc <- err }()
 	killed := time.Now()
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -186,4 +186,18 @@ func TestLockReleasedWhenHolderKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("lock acquired %v after SIGKILL of the holder", time.Since(killed))
+}
+
+// The lock file names the last leader: the next holder learns who just left.
+func TestLockNamesTheLastLeader(t *testing.T) {
+	dir := t.TempDir()
+	a, b := openLog(t, dir), openLog(t, dir)
+	if prev, err := a.WaitLeaderFree(t.Context()); err != nil || prev != 0 {
+		t.Fatalf("first holder: last leader %d, %v; want 0", prev, err)
+	}
+	claim(t, a, 1, 3)
+	a.ReleaseLeader()
+	if prev, err := b.WaitLeaderFree(t.Context()); err != nil || prev != 3 {
+		t.Fatalf("second holder: last leader %d, %v; want 3", prev, err)
+	}
 }
