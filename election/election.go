@@ -323,7 +323,7 @@ func (e *Elector) onTick(ctx context.Context) {
 		if id != 0 && id != e.cfg.ID {
 			e.log.Info("leader silent: starting an election", "leader", id, "silent", silent.Round(time.Millisecond))
 		}
-		e.campaign(ctx, 0)
+		e.campaign(ctx, id) // the silent leader is the suspect
 	}
 }
 
