@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,22 @@ func upCommand() *cli.Command {
 	}
 }
 
+// upPorts are the ports `chat up` binds: broker, pubsub, the servers' peers.
+var upPorts = []int{5555, 5556, 5557, 5558, 5561, 5562, 5563}
+
+// portsFree says which port is taken, if one is: every role would otherwise
+// fail to bind and be restarted forever.
+func portsFree(ports []int) error {
+	for _, p := range ports {
+		l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+		if err != nil {
+			return fmt.Errorf("up: port %d is in use (another chat up, or compose with published ports?): stop it and retry", p)
+		}
+		l.Close()
+	}
+	return nil
+}
+
 // child is one role run by `chat up`.
 type child struct {
 	name string
@@ -53,6 +70,9 @@ func up(ctx context.Context, log *slog.Logger, c *cli.Context) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)
+	}
+	if err := portsFree(upPorts); err != nil {
+		return err
 	}
 	dir := c.String("data")
 	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
