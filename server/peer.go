@@ -55,6 +55,7 @@ type peerLink struct {
 
 	mu      sync.Mutex
 	waiting map[uint64]chan *peerMsg
+	missed  int // answers missed in a row
 }
 
 type peers struct {
@@ -169,11 +170,31 @@ func (p *peers) ask(ctx context.Context, id int, m peerMsg) (*peerMsg, bool) {
 	}
 	select {
 	case r := <-c:
+		l.mu.Lock()
+		l.missed = 0
+		l.mu.Unlock()
 		return r, true
 	case <-ctx.Done():
+		l.mu.Lock()
+		l.missed++
+		reset := l.missed >= resetAfter
+		if reset {
+			l.missed = 0
+		}
+		l.mu.Unlock()
+		if reset {
+			// zmq4's automatic reconnect gives up for good when a handshake
+			// fails (as it can while the peer restarts): a link that stays
+			// silent gets a new socket, the Lazy Pirate way.
+			l.link.Reset()
+		}
 		return nil, false
 	}
 }
+
+// resetAfter is how many answers a peer may miss in a row before its link
+// is replaced.
+const resetAfter = 3
 
 // state probes peer id.
 func (p *peers) state(ctx context.Context, id int) (peerState, time.Duration, bool) {
