@@ -291,3 +291,30 @@ func TestCreateRaceHasOneWinner(t *testing.T) {
 		t.Fatalf("%d created the channel and %d were told it exists; want 1 and %d", won, exists, n-1)
 	}
 }
+
+// Logout ends every session of the user so far, on every server (it is in
+// the replicated state); a new login works again.
+func TestLogoutRevokesTokens(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Servers: 2})
+	leader, epoch := c.WaitLeader(10 * time.Second)
+	ana := newRaw(t, c.Frontend)
+	mustOK(t, ana.do(wire.Register, wire.Credentials{User: "ana", Password: "secret"}), nil)
+	var l wire.LoginReply
+	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "ana", Password: "secret"}), &l)
+	ana.token = l.Token
+	mustOK(t, ana.do(wire.Channels, nil), nil)
+	mustOK(t, ana.do(wire.Logout, nil), nil)
+	c.Kill(leader) // the revocation must hold on the next leader too
+	c.WaitNewLeader(epoch, 10*time.Second)
+	r := ana.do(wire.Channels, nil)
+	if r.OK || r.Error.Code != wire.CodeUnauthorized || !strings.Contains(r.Error.Message, "logout") {
+		t.Fatalf("a logged-out token after a failover: %+v", r)
+	}
+	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "ana", Password: "secret"}), &l)
+	ana.token = l.Token
+	mustOK(t, ana.do(wire.Channels, nil), nil)
+	ana.token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbmEiLCJpc3MiOiJjaGF0In0."
+	if r := ana.do(wire.Channels, nil); r.OK || r.Error.Code != wire.CodeUnauthorized {
+		t.Fatalf("an alg-none token: %+v", r)
+	}
+}
