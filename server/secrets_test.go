@@ -49,20 +49,8 @@ func TestDirectMessagesArePrivateOnTheBus(t *testing.T) {
 	}()
 
 	ana, bob := newRaw(t, c.Frontend), newRaw(t, c.Frontend)
-	var bobLogin wire.LoginReply
-	for _, u := range []struct {
-		c     *rawClient
-		name  string
-		login *wire.LoginReply
-	}{{ana, "anabela", nil}, {bob, "bob", &bobLogin}} {
-		mustOK(t, u.c.do(wire.Register, wire.Credentials{User: u.name, Password: "pw-" + u.name}), nil)
-		var l wire.LoginReply
-		mustOK(t, u.c.do(wire.Login, wire.Credentials{User: u.name, Password: "pw-" + u.name}), &l)
-		u.c.token = l.Token
-		if u.login != nil {
-			*u.login = l
-		}
-	}
+	ana.signIn("anabela", "pw-anabela")
+	bobLogin := bob.signIn("bob", "pw-bob")
 	if bobLogin.Key == "" || strings.Contains(bobLogin.Topic, "bob") {
 		t.Fatalf("login gave mailbox topic %q and key %q: want a secret topic and a key", bobLogin.Topic, bobLogin.Key)
 	}
@@ -197,10 +185,7 @@ func TestLimits(t *testing.T) {
 	}
 
 	bob := newRaw(t, c.Frontend)
-	mustOK(t, bob.do(wire.Register, wire.Credentials{User: "bob", Password: "bobs-pass"}), nil)
-	var l wire.LoginReply
-	mustOK(t, bob.do(wire.Login, wire.Credentials{User: "bob", Password: "bobs-pass"}), &l)
-	bob.token = l.Token
+	bob.signIn("bob", "bobs-pass")
 	mustOK(t, bob.do(wire.Create, wire.CreateRequest{Channel: "flood"}), nil)
 	refused := 0
 	for i := range 30 {
@@ -228,17 +213,10 @@ func TestLimits(t *testing.T) {
 func TestReplayedRequestIDsGiveNothingAway(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Servers: 1})
 	c.WaitLeader(10 * time.Second)
-	login := func(cl *rawClient, user string) {
-		mustOK(t, cl.do(wire.Register, wire.Credentials{User: user, Password: "pw-" + user}), nil)
-		var l wire.LoginReply
-		mustOK(t, cl.do(wire.Login, wire.Credentials{User: user, Password: "pw-" + user}), &l)
-		cl.token = l.Token
-	}
-	ana, eve := newRaw(t, c.Frontend), newRaw(t, c.Frontend)
-	login(ana, "ana")
-	login(eve, "eve")
-	bob := newRaw(t, c.Frontend)
-	login(bob, "bob")
+	ana, eve, bob := newRaw(t, c.Frontend), newRaw(t, c.Frontend), newRaw(t, c.Frontend)
+	ana.signIn("ana", "pw-ana")
+	eve.signIn("eve", "pw-eve")
+	bob.signIn("bob", "pw-bob")
 	mustOK(t, ana.do(wire.DM, wire.DMRequest{To: "bob", Text: "meet at 6, the code is 4711"}), nil)
 
 	eve.id = ana.id // Eve learned Ana's client id and guesses her request number
@@ -261,10 +239,7 @@ func TestCreateRaceHasOneWinner(t *testing.T) {
 	for i := range clients {
 		clients[i] = newRaw(t, c.Frontend)
 		user := fmt.Sprint("racer", i)
-		mustOK(t, clients[i].do(wire.Register, wire.Credentials{User: user, Password: "password"}), nil)
-		var l wire.LoginReply
-		mustOK(t, clients[i].do(wire.Login, wire.Credentials{User: user, Password: "password"}), &l)
-		clients[i].token = l.Token
+		clients[i].signIn(user, "password")
 	}
 	results := make(chan *wire.Reply, n)
 	start := make(chan struct{})
@@ -298,10 +273,7 @@ func TestLogoutRevokesTokens(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Servers: 2})
 	leader, epoch := c.WaitLeader(10 * time.Second)
 	ana := newRaw(t, c.Frontend)
-	mustOK(t, ana.do(wire.Register, wire.Credentials{User: "ana", Password: "secret"}), nil)
-	var l wire.LoginReply
-	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "ana", Password: "secret"}), &l)
-	ana.token = l.Token
+	ana.signIn("ana", "secret")
 	mustOK(t, ana.do(wire.Channels, nil), nil)
 	mustOK(t, ana.do(wire.Logout, nil), nil)
 	c.Kill(leader) // the revocation must hold on the next leader too
@@ -310,6 +282,7 @@ func TestLogoutRevokesTokens(t *testing.T) {
 	if r.OK || r.Error.Code != wire.CodeUnauthorized || !strings.Contains(r.Error.Message, "logout") {
 		t.Fatalf("a logged-out token after a failover: %+v", r)
 	}
+	var l wire.LoginReply
 	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "ana", Password: "secret"}), &l)
 	ana.token = l.Token
 	mustOK(t, ana.do(wire.Channels, nil), nil)

@@ -99,15 +99,22 @@ func mustOK(t *testing.T, rep *wire.Reply, v any) {
 	}
 }
 
+// signIn registers user with password and logs this client in as that user.
+func (c *rawClient) signIn(user, password string) wire.LoginReply {
+	c.t.Helper()
+	mustOK(c.t, c.do(wire.Register, wire.Credentials{User: user, Password: password}), nil)
+	var l wire.LoginReply
+	mustOK(c.t, c.do(wire.Login, wire.Credentials{User: user, Password: password}), &l)
+	c.token = l.Token
+	return l
+}
+
 func TestChatAndFailover(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Servers: 3})
 	leader, epoch := c.WaitLeader(10 * time.Second)
 
 	ana := newRaw(t, c.Frontend)
-	mustOK(t, ana.do(wire.Register, wire.Credentials{User: "Ana", Password: "secret1"}), nil)
-	var login wire.LoginReply
-	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "Ana", Password: "secret1"}), &login)
-	ana.token = login.Token
+	ana.signIn("Ana", "secret1")
 
 	sub := zmq4.NewSub(context.Background())
 	defer sub.Close()
@@ -191,10 +198,7 @@ func TestCleanStopHandsOver(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Servers: 3})
 	leader, epoch := c.WaitLeader(10 * time.Second)
 	ana := newRaw(t, c.Frontend)
-	mustOK(t, ana.do(wire.Register, wire.Credentials{User: "ana", Password: "secret"}), nil)
-	var l wire.LoginReply
-	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "ana", Password: "secret"}), &l)
-	ana.token = l.Token
+	ana.signIn("ana", "secret")
 	mustOK(t, ana.do(wire.Create, wire.CreateRequest{Channel: "general"}), nil)
 	mustOK(t, ana.do(wire.Post, wire.PostRequest{Channel: "general", Text: "before"}), nil)
 	c.Stop(leader)

@@ -25,10 +25,7 @@ func TestRestartFromSnapshot(t *testing.T) {
 	}})
 	c.WaitLeader(10 * time.Second)
 	ana := newRaw(t, c.Frontend)
-	mustOK(t, ana.do(wire.Register, wire.Credentials{User: "ana", Password: "secret"}), nil)
-	var l wire.LoginReply
-	mustOK(t, ana.do(wire.Login, wire.Credentials{User: "ana", Password: "secret"}), &l)
-	ana.token = l.Token
+	ana.signIn("ana", "secret")
 	mustOK(t, ana.do(wire.Create, wire.CreateRequest{Channel: "general"}), nil)
 	for i := range 100 {
 		mustOK(t, ana.do(wire.Post, wire.PostRequest{Channel: "general", Text: fmt.Sprint("m", i)}), nil)
