@@ -1,17 +1,15 @@
 package broker_test
 
 import (
-	"context"
+	"errors"
 	"fmt"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 
 	"chat/broker"
-	"chat/internal/zmqx"
+	"chat/internal/benchutil"
 	"chat/wire"
 )
 
@@ -31,33 +29,9 @@ func BenchmarkRoundTrip(b *testing.B) {
 			roundTrips(b, front, clients)
 		})
 		b.Run(fmt.Sprintf("bare/clients=%d", clients), func(b *testing.B) {
-			roundTrips(b, bareEcho(b), clients)
+			roundTrips(b, benchutil.BareEcho(b), clients)
 		})
 	}
-}
-
-// bareEcho is a zmq4 ROUTER that sends every message back as it came.
-func bareEcho(b *testing.B) string {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := zmq4.NewRouter(ctx, zmq4.WithLogger(zmqx.StdLogger(nil)))
-	if err := r.Listen("tcp://127.0.0.1:0"); err != nil {
-		b.Fatal(err)
-	}
-	in := zmqx.NewInbox(ctx, r, 1024)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for msg := range in.C {
-			_ = r.SendMulti(msg)
-		}
-	}()
-	b.Cleanup(func() {
-		cancel()
-		_ = r.Close()
-		in.Wait()
-		<-done
-	})
-	return zmqx.BoundEndpoint(r, "tcp://127.0.0.1:0")
 }
 
 // roundTrips runs b.N round trips split among clients, each a DEALER that
@@ -70,41 +44,13 @@ func roundTrips(b *testing.B, endpoint string, clients int) {
 		cs[i].send(nil, body) // warm up: connected, routed
 		cs[i].recv(5 * time.Second)
 	}
-	lat := make([][]time.Duration, clients)
-	b.ResetTimer()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i, c := range cs {
-		n := b.N / clients
-		if i < b.N%clients {
-			n++
+	benchutil.RoundTrips(b, clients, func(i int) error {
+		if err := cs[i].sock.Send(zmq4.NewMsgFrom(nil, body)); err != nil {
+			return err
 		}
-		wg.Go(func() {
-			l := make([]time.Duration, 0, n)
-			for range n {
-				t0 := time.Now()
-				if err := c.sock.Send(zmq4.NewMsgFrom(nil, body)); err != nil {
-					b.Error(err)
-					return
-				}
-				if _, ok := c.tryRecv(5 * time.Second); !ok {
-					b.Error("no reply within 5 s")
-					return
-				}
-				l = append(l, time.Since(t0))
-			}
-			lat[i] = l
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
-		return
-	}
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "round-trips/s")
-	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
+		if _, ok := cs[i].tryRecv(5 * time.Second); !ok {
+			return errors.New("no reply within 5 s")
+		}
+		return nil
+	})
 }

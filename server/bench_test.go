@@ -4,13 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 
+	"chat/internal/benchutil"
 	"chat/internal/cluster"
 	"chat/server"
 	"chat/wire"
@@ -87,78 +86,28 @@ func benchPost(b *testing.B, clients int) {
 			cs[i].call(b, wire.Join, wire.NameRequest{Channel: "bench"})
 		}
 	}
-	run(b, clients, func(i int) {
+	benchutil.RoundTrips(b, clients, func(i int) error {
 		cs[i].call(b, wire.Post, wire.PostRequest{Channel: "bench", Text: "a message of about a hundred bytes, which is what people type in a chat line....."})
+		return nil
 	})
 }
 
 func benchEcho(b *testing.B, clients int) {
-	router := zmq4.NewRouter(context.Background())
-	if err := router.Listen("tcp://127.0.0.1:0"); err != nil {
-		b.Fatal(err)
-	}
-	defer router.Close()
-	go func() {
-		for {
-			m, err := router.Recv()
-			if err != nil {
-				return
-			}
-			router.Send(m)
-		}
-	}()
+	echo := benchutil.BareEcho(b)
 	cs := make([]zmq4.Socket, clients)
 	for i := range cs {
 		cs[i] = zmq4.NewDealer(context.Background(), zmq4.WithID(zmq4.SocketIdentity(fmt.Sprint("echo", i))))
-		if err := cs[i].Dial("tcp://" + router.Addr().String()); err != nil {
+		if err := cs[i].Dial(echo); err != nil {
 			b.Fatal(err)
 		}
 		defer cs[i].Close()
 	}
 	payload := make([]byte, 200)
-	run(b, clients, func(i int) {
+	benchutil.RoundTrips(b, clients, func(i int) error {
 		if err := cs[i].Send(zmq4.NewMsgFrom(nil, payload)); err != nil {
-			b.Fatal(err)
+			return err
 		}
-		if _, err := cs[i].Recv(); err != nil {
-			b.Fatal(err)
-		}
+		_, err := cs[i].Recv()
+		return err
 	})
-}
-
-// run spreads b.N round trips over clients goroutines and reports round
-// trips per second and latency percentiles.
-func run(b *testing.B, clients int, op func(i int)) {
-	var mu sync.Mutex
-	var lat []time.Duration
-	b.ResetTimer()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i := range clients {
-		n := b.N / clients
-		if i < b.N%clients {
-			n++
-		}
-		wg.Go(func() {
-			mine := make([]time.Duration, 0, n)
-			for range n {
-				t := time.Now()
-				op(i)
-				mine = append(mine, time.Since(t))
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	slices.Sort(lat)
-	if len(lat) == 0 {
-		return
-	}
-	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "trips/s")
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
