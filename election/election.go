@@ -55,6 +55,10 @@ type PeerState struct {
 	Epoch  uint64
 }
 
+// lockHoldoff is how long a server that deferred to a higher id leaves the
+// lock to it.
+const lockHoldoff = 250 * time.Millisecond
+
 // DefaultProbeTimeout is how long a probe may take by default: on loopback
 // an answer takes well under a millisecond, so this is the time it takes to
 // give up on a peer that is dead or paused.
@@ -404,7 +408,9 @@ func (e *Elector) campaign(ctx context.Context, suspect int) {
 		e.log.Info("deferring to a higher id", "higher", higher)
 		e.mu.Lock()
 		e.leaderID, e.lastSeen = higher, time.Now().Add(e.cfg.DeferTimeout-e.cfg.LeaseTimeout)
-		e.holdoff = time.Now().Add(e.cfg.DeferTimeout)
+		// Long enough for the higher id (polling every few ms) to take the
+		// lock, short enough not to stall a handover if that one leaves.
+		e.holdoff = time.Now().Add(min(e.cfg.DeferTimeout, lockHoldoff))
 		e.mu.Unlock()
 		e.releaseLock()
 		return
