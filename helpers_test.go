@@ -370,10 +370,7 @@ func (p *proc) sigterm() {
 // kill sends SIGKILL and waits until the process is gone.
 func (p *proc) kill() {
 	p.t.Helper()
-	p.mu.Lock()
-	p.killed = true
-	p.mu.Unlock()
-	p.signal(syscall.SIGKILL)
+	p.sigkill()
 	select {
 	case <-p.exited:
 	case <-time.After(stopTimeout):

@@ -11,7 +11,7 @@ import (
 	"chat/bot"
 	"chat/client"
 	"chat/client/clienttest"
-	"chat/internal/testlog"
+	"chat/internal/testutil"
 )
 
 func run(t *testing.T, ctx context.Context, cfg bot.Config) error {
@@ -58,7 +58,7 @@ func TestBotPostsCountMessages(t *testing.T) {
 func TestBotRidesThroughFailures(t *testing.T) {
 	fake := clienttest.NewServer(t)
 	fake.Unavailable(4) // no leader at first: setup fails twice
-	var logs testlog.Buffer
+	var logs testutil.Buffer
 	cfg := bot.Config{
 		Client: client.Config{Broker: fake.Broker, PubSub: fake.PubSub, Timeout: 200 * time.Millisecond, Retries: 2},
 		Name:   "bot2", Password: "secret", Rate: 100, Count: 3,

@@ -15,13 +15,13 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"chat/broker"
-	"chat/internal/testlog"
+	"chat/internal/testutil"
 	"chat/internal/zmqx"
 	"chat/wire"
 )
 
 // testLogger collects the logs of a test and shows them if it fails.
-func testLogger(t testing.TB) (*slog.Logger, *testlog.Buffer) { return testlog.New(t) }
+func testLogger(t testing.TB) (*slog.Logger, *testutil.Buffer) { return testutil.Logger(t) }
 
 // startBroker listens on random loopback ports and serves until the test ends.
 func startBroker(t testing.TB, cfg broker.Config) *broker.Broker {
@@ -48,18 +48,7 @@ func startBroker(t testing.TB, cfg broker.Config) *broker.Broker {
 }
 
 // waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
+var waitFor = testutil.WaitFor
 
 func waitLeader(t testing.TB, b *broker.Broker, id int, epoch uint64) {
 	t.Helper()

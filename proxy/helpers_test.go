@@ -12,14 +12,14 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
-	"chat/internal/testlog"
+	"chat/internal/testutil"
 	"chat/internal/zmqx"
 	"chat/proxy"
 )
 
 // testLogger collects the logs of a test and shows them if it fails.
 func testLogger(t testing.TB) *slog.Logger {
-	log, _ := testlog.New(t)
+	log, _ := testutil.Logger(t)
 	return log
 }
 
@@ -52,18 +52,7 @@ func startProxy(t testing.TB, frontend, backend string) (p *proxy.Proxy, stop fu
 }
 
 // waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
+var waitFor = testutil.WaitFor
 
 // endpoint is a socket with its reader, closed when the test ends.
 type endpoint struct {

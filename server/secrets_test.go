@@ -16,7 +16,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"chat/internal/cluster"
-	"chat/internal/testlog"
+	"chat/internal/testutil"
 	"chat/server"
 	"chat/wire"
 )
@@ -97,7 +97,7 @@ func TestDirectMessagesArePrivateOnTheBus(t *testing.T) {
 // No password, hash, token or key reaches a reply, a log line or a stored
 // message; no password or token reaches the data directory.
 func TestSecretsStaySecret(t *testing.T) {
-	logs := &testlog.Buffer{}
+	logs := &testutil.Buffer{}
 	c := cluster.Start(t, cluster.Options{Servers: 2, Log: logs})
 	c.WaitLeader(10 * time.Second)
 	const password = "hunter2-very-secret"

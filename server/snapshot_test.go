@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"chat/internal/cluster"
-	"chat/internal/testlog"
+	"chat/internal/testutil"
 	"chat/server"
 	"chat/wire"
 )
@@ -18,7 +18,7 @@ import (
 // loads the newest snapshot and replays only the log after it, and ends up
 // with exactly the state of the others.
 func TestRestartFromSnapshot(t *testing.T) {
-	logs := &testlog.Buffer{}
+	logs := &testutil.Buffer{}
 	c := cluster.Start(t, cluster.Options{Servers: 2, Log: logs, Tune: func(cfg *server.Config) {
 		cfg.SnapshotEvery = 20
 		cfg.PostRate = 1e6

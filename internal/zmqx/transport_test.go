@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+
+	"chat/internal/testutil"
 )
 
 var testSchemes atomic.Int64
@@ -108,16 +110,7 @@ func (d *testDealer) call(frames [][]byte, timeout time.Duration) (time.Duration
 	}
 }
 
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 // rawPeer connects to addr and does a NULL handshake as socketType by hand.
 func rawPeer(t testing.TB, addr, socketType string) net.Conn {

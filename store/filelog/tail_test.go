@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"chat/internal/testlog"
+	"chat/internal/testutil"
 	"chat/store"
 )
 
@@ -23,7 +23,7 @@ func TestTailWhileWriting(t *testing.T) {
 	dir := t.TempDir()
 	leader := openLog(t, dir)
 	claim(t, leader, 1, 1)
-	var warnings testlog.Buffer
+	var warnings testutil.Buffer
 	followerLog, err := Open(dir, slog.New(slog.NewTextHandler(&warnings, nil)))
 	if err != nil {
 		t.Fatal(err)
